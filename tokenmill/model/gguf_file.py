@@ -1,0 +1,60 @@
+"""Reading GGUF files: metadata as plain Python values, tensors dequantized to torch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+_PLAIN_TYPES = (0, 1)  # GGMLQuantizationType F32 and F16: numpy reads them directly
+
+
+class GGUFError(ValueError):
+    """A GGUF file that cannot be read: missing, truncated or not GGUF at all."""
+
+
+@dataclass
+class GGUFFile:
+    path: Path
+    metadata: dict[str, Any]
+    _reader: Any
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yields (gguf tensor name, float32 tensor) in the file's order, dequantized on the fly."""
+        import gguf
+
+        for tensor in self._reader.tensors:
+            data = np.asarray(tensor.data)
+            if tensor.tensor_type not in _PLAIN_TYPES:
+                data = gguf.quants.dequantize(data, tensor.tensor_type)
+            # GGUF lists dimensions fastest-first; numpy's shape is the reverse.
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            yield tensor.name, torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFError(f"GGUF file not found: {path}")
+    try:
+        reader = gguf.GGUFReader(path)
+        metadata = {name: _field_value(field) for name, field in reader.fields.items()}
+    except Exception as exc:  # the gguf package raises many kinds of error on a bad file
+        raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
+    if "general.architecture" not in metadata:
+        raise GGUFError(f"{path} has no general.architecture: not a model GGUF")
+    return GGUFFile(path, metadata, reader)
+
+
+def _field_value(field: Any) -> Any:
+    value = field.contents()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
