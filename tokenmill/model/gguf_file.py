@@ -24,6 +24,9 @@ class GGUFFile:
     metadata: dict[str, Any]
     _reader: Any
 
+    def tensor_names(self) -> set[str]:
+        return {tensor.name for tensor in self._reader.tensors}
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields (gguf tensor name, float32 tensor) in the file's order, dequantized on the fly."""
         import gguf

@@ -1,0 +1,144 @@
+"""Continuous batching at the iteration level, with chunked prefill and recompute preemption.
+
+One rule, as in vLLM v1: each step spends a token budget so that every sequence's computed
+tokens catch up with its known tokens. A decode is a sequence one token behind; a prefill is
+one many tokens behind and may take several steps (chunks). Running sequences go first, in
+priority order; waiting ones are admitted while blocks, seats and budget last. When blocks run
+out, the lowest-priority, newest running sequence is preempted: its blocks are freed and it
+is recomputed later from its tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from tokenmill.config import SchedulerConfig
+from tokenmill.engine.sequence import Sequence, SequenceStatus
+from tokenmill.kv.block_manager import BlockManager
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.seqs
+
+    def add(self, seq: Sequence, num_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_tokens)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.block_manager = block_manager
+        self.waiting: list[Sequence] = []  # sorted by schedule_key
+        self.running: list[Sequence] = []  # sorted by schedule_key
+        self.num_preemptions = 0
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        bisect.insort(self.waiting, seq, key=lambda s: s.schedule_key)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self._make_room(seq, num_tokens, out):
+                break  # seq itself was preempted: everything after it already was
+            self.block_manager.allocate(seq.block_table, seq.num_computed_tokens + num_tokens)
+            out.add(seq, num_tokens)
+            budget -= num_tokens
+            i += 1
+        return budget
+
+    def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
+        """Preempts from the back of the running list until seq's new tokens fit; False if seq went."""
+        while not self.block_manager.can_allocate(seq.block_table, seq.num_computed_tokens + num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        for seq in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                return
+            if not self._take_shared_prefix(seq):
+                continue  # its prompt's computing sample is not far enough yet
+            num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self.block_manager.can_allocate(seq.block_table, seq.num_computed_tokens + num_tokens):
+                self._release_shared_prefix(seq)
+                return
+            self.block_manager.allocate(seq.block_table, seq.num_computed_tokens + num_tokens)
+            self.waiting.remove(seq)
+            seq.status = SequenceStatus.RUNNING
+            bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
+            out.add(seq, num_tokens)
+            budget -= num_tokens
+
+    def _take_shared_prefix(self, seq: Sequence) -> bool:
+        """For sample k > 0 of an n > 1 request: reuse the full prompt blocks of sample 0."""
+        source = seq.prefix_source
+        if source is None or seq.block_table:
+            return True
+        if source.is_finished:  # aborted before it computed the prompt: compute it ourselves
+            seq.prefix_source = None
+            return True
+        shared = shared_prefix_len(seq.num_prompt_tokens, self.block_manager.block_size)
+        if source.status is not SequenceStatus.RUNNING or source.num_computed_tokens < shared:
+            return False
+        seq.block_table = self.block_manager.share(source.block_table[: shared // self.block_manager.block_size])
+        seq.num_computed_tokens = shared
+        return True
+
+    def _release_shared_prefix(self, seq: Sequence) -> None:
+        if seq.prefix_source is not None and seq.block_table:
+            self.block_manager.free(seq.block_table)
+            seq.num_computed_tokens = 0
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq.block_table)
+        seq.num_computed_tokens = 0
+        self.num_preemptions += 1
+        self.add(seq)
+
+    def update(self, out: SchedulerOutput) -> None:
+        """Records the tokens the step computed."""
+        for seq, num_tokens in zip(out.seqs, out.num_new_tokens):
+            seq.num_computed_tokens += num_tokens
+
+    def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
+        """Ends a sequence and frees its blocks at once."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq.block_table)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason, seq.stop_reason = reason, stop_reason
+
+
+def shared_prefix_len(num_prompt_tokens: int, block_size: int) -> int:
+    """The prompt tokens that n > 1 samples share: whole blocks, leaving at least one to compute."""
+    return (num_prompt_tokens - 1) // block_size * block_size

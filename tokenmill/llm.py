@@ -1,0 +1,109 @@
+"""LLM: the offline API, shaped like vLLM's so users can switch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tokenmill.config import CacheConfig, ModelConfig, SchedulerConfig
+from tokenmill.engine.engine import LLMEngine
+from tokenmill.model.default import default_model_path
+from tokenmill.outputs import RequestOutput
+from tokenmill.sampling_params import SamplingParams
+
+PromptType = str | dict[str, Any]  # a string, or {"prompt_token_ids": [...]} / {"prompt": "..."}
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str = "auto",
+        seed: int = 0,
+        block_size: int = 16,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 512,
+        max_model_len: int | None = None,
+        kv_cache_memory: int | None = None,
+        kv_cache_memory_fraction: float = 0.1,
+    ) -> None:
+        path = Path(model) if model is not None else default_model_path()
+        model_config = ModelConfig(
+            model=path,
+            dtype=ModelConfig.parse_dtype(dtype),
+            device=ModelConfig.parse_device(device),
+            max_model_len=max_model_len,
+            seed=seed,
+        )
+        cache_config = CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction)
+        scheduler_config = SchedulerConfig(max_num_seqs, max_num_batched_tokens)
+        self.engine = LLMEngine(model_config, cache_config, scheduler_config)
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Seq[PromptType],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        priority: Seq[int] | None = None,
+    ) -> list[RequestOutput]:
+        prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        params = _per_prompt(sampling_params or SamplingParams(), len(prompts))
+        ids = []
+        try:
+            for i, (prompt, p) in enumerate(zip(prompts, params)):
+                ids.append(self.engine.add_request(_engine_prompt(prompt), p, priority=priority[i] if priority else 0))
+        except Exception:
+            for request_id in ids:  # leave nothing half-added behind
+                self.engine.abort_request(request_id)
+            raise
+        return self._run(ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]] | list[list[dict[str, str]]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=add_generation_prompt)
+                   for c in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        with tqdm(total=len(request_ids), desc="Generating", unit="req", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        bar.update(1)
+        return [finished[i] for i in request_ids]
+
+
+def _per_prompt(params: SamplingParams | Seq[SamplingParams], n: int) -> list[SamplingParams]:
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} sampling params for {n} prompts")
+    return params
+
+
+def _engine_prompt(prompt: PromptType) -> str | list[int]:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+        return list(prompt["prompt_token_ids"])
+    if isinstance(prompt, dict) and "prompt" in prompt:
+        return prompt["prompt"]
+    raise TypeError(f"a prompt is a string or a dict with 'prompt' or 'prompt_token_ids', got {type(prompt).__name__}")

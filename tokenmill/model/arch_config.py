@@ -1,0 +1,93 @@
+"""ArchConfig: a model's architecture hyperparameters, read from a GGUF or a config.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    architecture: str  # registry key, e.g. "llama"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+
+    @property
+    def num_queries_per_kv(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict[str, Any], has_output_weight: bool) -> ArchConfig:
+        arch = meta["general.architecture"]
+
+        def get(key: str, default: Any = None) -> Any:
+            return meta.get(f"{arch}.{key}", default)
+
+        hidden = get("embedding_length")
+        heads = get("attention.head_count")
+        vocab = get("vocab_size") or len(meta["tokenizer.ggml.tokens"])
+        return cls(
+            architecture=arch,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=get("feed_forward_length"),
+            num_layers=get("block_count"),
+            num_heads=heads,
+            num_kv_heads=get("attention.head_count_kv", heads),
+            head_dim=get("attention.key_length", hidden // heads),
+            rms_norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta=get("rope.freq_base", 10000.0),
+            max_position_embeddings=get("context_length", 4096),
+            tie_word_embeddings=not has_output_weight,
+            rope_scaling=_gguf_rope_scaling(get("rope.scaling.type"), get("rope.scaling.factor")),
+        )
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> ArchConfig:
+        hidden = cfg["hidden_size"]
+        heads = cfg["num_attention_heads"]
+        return cls(
+            architecture=cfg.get("model_type", "llama"),
+            vocab_size=cfg["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or hidden // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            rope_scaling=_hf_rope_scaling(cfg),
+            attention_bias=cfg.get("attention_bias", False),
+        )
+
+
+def _gguf_rope_scaling(kind: str | None, factor: float | None) -> dict[str, Any] | None:
+    if kind in (None, "none") or not factor or factor == 1.0:
+        return None
+    return {"rope_type": kind, "factor": factor}
+
+
+def _hf_rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type") or scaling.get("type")
+    return None if kind in (None, "default") else {**scaling, "rope_type": kind}

@@ -1,0 +1,112 @@
+"""Loading a model from a GGUF file or a Hugging Face directory into the same model object."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tokenmill.config import ModelConfig
+from tokenmill.model.arch_config import ArchConfig
+from tokenmill.model.gguf_file import read_gguf
+from tokenmill.model.registry import build_model
+from tokenmill.model.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    arch: ArchConfig
+    tokenizer: Tokenizer
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    start = time.monotonic()
+    path = cfg.model
+    if path.is_dir():
+        arch, weights, tokenizer = _open_hf_dir(path)
+    elif path.is_file():
+        arch, weights, tokenizer = _open_gguf(path)
+    else:
+        raise FileNotFoundError(f"model not found: {path} is neither a GGUF file nor a model directory")
+    model = build_model(arch)
+    model.load_weights(weights)
+    model = model.to(device=cfg.device, dtype=cfg.dtype).eval().requires_grad_(False)
+    logger.info("loaded %s (%s, %s) in %.1f s", path.name, arch.architecture, cfg.dtype, time.monotonic() - start)
+    return LoadedModel(model, arch, tokenizer)
+
+
+# GGUF tensor names (llama.cpp's) to Hugging Face names, which the architectures load.
+_GGUF_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_GGUF_LAYER = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_GGUF_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def _open_gguf(path: Path) -> tuple[ArchConfig, Iterator[tuple[str, torch.Tensor]], Tokenizer]:
+    gguf = read_gguf(path)
+    has_output = "output.weight" in gguf.tensor_names()
+    arch = ArchConfig.from_gguf_metadata(gguf.metadata, has_output_weight=has_output)
+    return arch, _hf_named_gguf_tensors(gguf.tensors(), arch), Tokenizer.from_gguf_metadata(gguf.metadata)
+
+
+def _hf_named_gguf_tensors(
+    tensors: Iterator[tuple[str, torch.Tensor]], arch: ArchConfig
+) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in tensors:
+        hf_name = _hf_name(name)
+        if hf_name.endswith("q_proj.weight"):
+            tensor = _unpermute_rope(tensor, arch.num_heads)
+        elif hf_name.endswith("k_proj.weight"):
+            tensor = _unpermute_rope(tensor, arch.num_kv_heads)
+        yield hf_name, tensor
+
+
+def _hf_name(gguf_name: str) -> str:
+    base, _, kind = gguf_name.rpartition(".")
+    if base in _GGUF_TOP_LEVEL:
+        return f"{_GGUF_TOP_LEVEL[base]}.{kind}"
+    match = _GGUF_LAYER_NAME.fullmatch(gguf_name)
+    if match is None or match.group(2) not in _GGUF_LAYER:
+        raise ValueError(f"unknown GGUF tensor {gguf_name!r}")
+    layer, part, kind = match.groups()
+    return f"model.layers.{layer}.{_GGUF_LAYER[part]}.{kind}"
+
+
+def _unpermute_rope(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """llama.cpp stores q and k rows interleaved for its RoPE; back to Hugging Face's rotate-half order."""
+    rows = w.shape[0]
+    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _open_hf_dir(path: Path) -> tuple[ArchConfig, Iterator[tuple[str, torch.Tensor]], Tokenizer]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a model directory: no config.json")
+    arch = ArchConfig.from_hf_config(json.loads(config_file.read_text()))
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{path} has no *.safetensors weights")
+    return arch, _safetensors_tensors(shards), Tokenizer.from_pretrained_dir(path)
+
+
+def _safetensors_tensors(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)

@@ -1,0 +1,53 @@
+"""ModelRunner: a scheduled step in, sampled tokens out. Owns the model and the KV pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tokenmill.config import CacheConfig, ModelConfig
+from tokenmill.engine.scheduler import SchedulerOutput
+from tokenmill.engine.sequence import Sequence
+from tokenmill.model.loader import LoadedModel
+from tokenmill.outputs import Logprob
+from tokenmill.runner.batch import prepare_input
+from tokenmill.runner.kv_cache import allocate_kv_cache, size_kv_cache
+from tokenmill.runner.sampler import Sampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerOutput:
+    seqs: list[Sequence]  # the sequences that produced a token this step
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob] | None]
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig) -> None:
+        self.model = loaded.model
+        self.arch = loaded.arch
+        self.device = model_config.device
+        self.block_size = cache_config.block_size
+        start = time.monotonic()
+        size = size_kv_cache(self.arch, cache_config, model_config.dtype, self.device)
+        self.num_blocks = size.num_blocks
+        self.kv_cache = allocate_kv_cache(self.arch, size.num_blocks, self.block_size, model_config.dtype, self.device)
+        for i, attn in enumerate(self.model.attention_layers()):
+            attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        logger.info("allocated the KV cache in %.2f s", time.monotonic() - start)
+        self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        batch = prepare_input(sched, self.block_size, self.arch.num_queries_per_kv, self.device)
+        hidden = self.model(batch.input_ids, batch.positions, batch.attn)
+        if not batch.sampled_seqs:
+            return RunnerOutput([], [], [])
+        logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
+        sampled = self.sampler(logits, batch.sampled_seqs)
+        return RunnerOutput(batch.sampled_seqs, sampled.token_ids, sampled.logprobs)
