@@ -1,10 +1,43 @@
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tokenmill import LLM
 from tokenmill.model.default import default_model_path
+
+_llms: dict[tuple, LLM] = {}
 
 
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
     return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def make_llm() -> Callable[..., LLM]:
+    """LLMs on the real default model, built once per distinct set of arguments."""
+
+    def make(**kwargs) -> LLM:
+        key = tuple(sorted(kwargs.items()))
+        if key not in _llms:
+            kwargs.setdefault("kv_cache_memory", 256 * 2**20)
+            _llms[key] = LLM(dtype="float32", **kwargs)
+        return _llms[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def llm(make_llm) -> LLM:
+    return make_llm()
+
+
+@pytest.fixture(autouse=True)
+def every_kv_block_comes_back() -> Iterator[None]:
+    """After every test, each engine built so far is idle with its whole block pool free."""
+    yield
+    for engine in (llm.engine for llm in _llms.values()):
+        assert not engine.has_unfinished_requests()
+        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+        assert all(count == 0 for count in engine.block_manager.ref_counts)

@@ -73,7 +73,8 @@ class IncrementalDetokenizer:
         if match is None:
             return None
         stop, start = match
-        self.output_text = self.output_text[: start + len(stop) if self.include_stop_str_in_output else start]
+        end = start + len(stop) if self.include_stop_str_in_output else start
+        self.output_text = self.output_text[:end]
         self.stop_str = stop
         return stop
 

@@ -1,0 +1,53 @@
+"""tokenmill's next-token logits against Hugging Face transformers on the same GGUF weights."""
+
+import pytest
+import torch
+
+from tokenmill import SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "In 1859, Charles Darwin published a book that changed how people thought about",
+    "def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n",
+    "Water is made of two elements: hydrogen and",
+    "Once upon a time, in a small village at the edge of a great forest, there lived an old woman who",
+    "<|im_start|>user\nName three primary colors.<|im_end|>\n<|im_start|>assistant\n",
+]
+DECODE_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def hf_model(gguf_path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                dtype=torch.float32).eval()
+
+
+class RecordingSampler:
+    """Wraps the engine's sampler to keep each sampled row's logits, keyed by request and step."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.logits: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __call__(self, logits, seqs):
+        for row, seq in enumerate(seqs):
+            self.logits[(seq.request_id, seq.num_output_tokens)] = logits[row].clone()
+        return self.sampler(logits, seqs)
+
+
+def test_logits_match_transformers_while_decoding(llm, hf_model, monkeypatch):
+    recorder = RecordingSampler(llm.engine.runner.sampler)
+    monkeypatch.setattr(llm.engine.runner, "sampler", recorder)
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True),
+                        use_tqdm=False)
+    for out in outs:
+        ids = out.prompt_token_ids + out.outputs[0].token_ids
+        with torch.no_grad():
+            ref = hf_model(torch.tensor([ids])).logits[0]
+        for step in range(DECODE_STEPS):
+            ours = recorder.logits[(out.request_id, step)]
+            theirs = ref[len(out.prompt_token_ids) - 1 + step]
+            rel = ((ours - theirs).norm() / theirs.norm()).item()
+            assert rel < 1e-3, f"prompt {out.prompt!r}, decode step {step}: relative error {rel:.2e}"
