@@ -19,10 +19,13 @@ class ModelConfig:
     device: torch.device = torch.device("cpu")
     max_model_len: int | None = None  # None: the model's context length, capped by the KV cache
     seed: int = 0
+    attention_backend: str = "auto"  # auto | cpu (the C kernel) | torch (plain PyTorch, any device)
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.attention_backend not in ("auto", "cpu", "torch"):
+            raise ValueError(f"attention_backend must be auto, cpu or torch; got {self.attention_backend!r}")
 
     @staticmethod
     def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

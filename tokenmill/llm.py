@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence as Seq
+from collections.abc import Iterator, Sequence as Seq
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class LLM:
         max_model_len: int | None = None,
         kv_cache_memory: int | None = None,
         kv_cache_memory_fraction: float = 0.1,
+        attention_backend: str = "auto",
     ) -> None:
         path = Path(model) if model is not None else default_model_path()
         model_config = ModelConfig(
@@ -40,6 +41,7 @@ class LLM:
             device=ModelConfig.parse_device(device),
             max_model_len=max_model_len,
             seed=seed,
+            attention_backend=attention_backend,
         )
         cache_config = CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction)
         scheduler_config = SchedulerConfig(max_num_seqs, max_num_batched_tokens)
@@ -78,6 +80,19 @@ class LLM:
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=add_generation_prompt)
                    for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def stream(self, prompt: PromptType, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Generates for one prompt, yielding its output (text so far) after every step that adds to it."""
+        request_id = self.engine.add_request(_engine_prompt(prompt), sampling_params or SamplingParams())
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort_request(request_id)  # a consumer that stops early frees the request
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

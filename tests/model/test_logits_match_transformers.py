@@ -37,7 +37,9 @@ class RecordingSampler:
         return self.sampler(logits, seqs)
 
 
-def test_logits_match_transformers_while_decoding(llm, hf_model, monkeypatch):
+@pytest.mark.parametrize("attention_backend", ["auto", "torch"])  # auto: the C kernel where it compiles
+def test_logits_match_transformers_while_decoding(make_llm, hf_model, monkeypatch, attention_backend):
+    llm = make_llm() if attention_backend == "auto" else make_llm(attention_backend=attention_backend)
     recorder = RecordingSampler(llm.engine.runner.sampler)
     monkeypatch.setattr(llm.engine.runner, "sampler", recorder)
     outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True),

@@ -38,9 +38,11 @@ class Request:
 
     @staticmethod
     def _completion(seq: Sequence, detok: IncrementalDetokenizer) -> CompletionOutput:
+        # While running, hold back a tail that may yet become a stop string: streamed text is final.
+        text = detok.output_text if seq.is_finished else detok.output_text[: detok.num_streamable_chars]
         return CompletionOutput(
             index=seq.index,
-            text=detok.output_text,
+            text=text,
             token_ids=seq.output_token_ids,
             logprobs=seq.logprobs if seq.params.logprobs is not None else None,
             finish_reason=seq.finish_reason,

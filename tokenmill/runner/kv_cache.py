@@ -45,8 +45,9 @@ def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, dtype: torch.dtype, device
 def allocate_kv_cache(
     arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """[2, layers, num_blocks, block_size, kv_heads, head_dim]: K then V for every layer."""
-    shape = (2, arch.num_layers, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+    """[layers, 2, num_blocks, block_size * kv_heads * head_dim]: K and V blocks of every layer,
+    laid out inside a block as the attention backends read them (model.attention.kv_block_views)."""
+    shape = (arch.num_layers, 2, num_blocks, block_size * arch.num_kv_heads * arch.head_dim)
     return torch.zeros(shape, dtype=dtype, device=device)
 
 

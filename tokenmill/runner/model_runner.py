@@ -11,6 +11,7 @@ import torch
 from tokenmill.config import CacheConfig, ModelConfig
 from tokenmill.engine.scheduler import SchedulerOutput
 from tokenmill.engine.sequence import Sequence
+from tokenmill.model.attention import kv_block_views, select_attention_backend
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import prepare_input
@@ -37,15 +38,19 @@ class ModelRunner:
         size = size_kv_cache(self.arch, cache_config, model_config.dtype, self.device)
         self.num_blocks = size.num_blocks
         self.kv_cache = allocate_kv_cache(self.arch, size.num_blocks, self.block_size, model_config.dtype, self.device)
-        for i, attn in enumerate(self.model.attention_layers()):
-            attn.k_cache, attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        for layer_pool, attn in zip(self.kv_cache, self.model.attention_layers()):
+            attn.k_cache, attn.v_cache = kv_block_views(layer_pool, self.block_size, attn.num_kv_heads, attn.head_dim)
         logger.info("allocated the KV cache in %.2f s", time.monotonic() - start)
+        self.attention = select_attention_backend(
+            model_config.attention_backend, self.device, model_config.dtype, self.arch.num_queries_per_kv
+        )
+        logger.info("attention backend: %s", self.attention.name)
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        batch = prepare_input(sched, self.block_size, self.arch.num_queries_per_kv, self.device)
-        hidden = self.model(batch.input_ids, batch.positions, batch.attn)
+        batch = prepare_input(sched, self.block_size, self.device)
+        hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
         if not batch.sampled_seqs:
             return RunnerOutput([], [], [])
         logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))

@@ -1,0 +1,67 @@
+"""The C paged-attention kernel against the plain PyTorch backend, on random pools and tables."""
+
+import pytest
+import torch
+
+from tokenmill.kernels.paged_attention import CpuAttentionBackend, run_kernel
+from tokenmill.model.attention import AttentionBatch, select_attention_backend
+from tokenmill.model.torch_attention import TorchAttentionBackend
+
+KERNEL = CpuAttentionBackend.load_kernel()
+pytestmark = pytest.mark.skipif(KERNEL is None, reason="no C compiler for the cpu attention kernel")
+
+
+def random_batch(q_lens: list[int], seq_lens: list[int], num_blocks: int, block_size: int, gen: torch.Generator):
+    """Sequences whose blocks are scattered at random over the pool; decode rows first."""
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
+    width = max(blocks_per_seq)
+    ids = torch.randperm(num_blocks, generator=gen)[: sum(blocks_per_seq)].split(blocks_per_seq)
+    tables = torch.stack([torch.nn.functional.pad(t, (0, width - len(t))) for t in ids]).int()
+    q = torch.tensor(q_lens, dtype=torch.int32)
+    num_tokens = sum(q_lens)
+    return AttentionBatch(
+        slot_blocks=torch.zeros(num_tokens, dtype=torch.long),
+        slot_offsets=torch.zeros(num_tokens, dtype=torch.long),
+        query_start=torch.nn.functional.pad(torch.cumsum(q, 0, dtype=torch.int32), (1, 0)),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        block_tables=tables,
+        num_decode=sum(1 for n in q_lens if n == 1),
+        block_size=block_size,
+    )
+
+
+CASES = {
+    "decode": ([1] * 12, [1, 2, 15, 16, 17, 33, 64, 100, 250, 300, 511, 700]),
+    "prefill": ([37, 200], [37, 260]),
+    "mixed": ([1, 1, 1, 5, 64], [9, 400, 31, 5, 90]),
+}
+# (heads, kv heads, head dim, block size): MHA, GQA, MQA, the default model's shape, odd sizes.
+SHAPES = [(4, 4, 32, 16), (9, 3, 64, 16), (8, 1, 64, 8), (6, 2, 128, 16), (4, 2, 48, 4)]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim,block_size", SHAPES)
+def test_kernel_matches_torch_backend(case, heads, kv_heads, head_dim, block_size):
+    gen = torch.Generator().manual_seed(0)
+    q_lens, seq_lens = CASES[case]
+    num_blocks = sum(-(-n // block_size) for n in seq_lens) + 7
+    k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen)
+    v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen)
+    batch = random_batch(q_lens, seq_lens, num_blocks, block_size, gen)
+    q = torch.randn(sum(q_lens), heads, head_dim, generator=gen)
+
+    expected = TorchAttentionBackend(heads // kv_heads).plan(batch).attend(q, k_cache, v_cache)
+    everything_in_kernel = run_kernel(KERNEL, q, k_cache, v_cache, batch.block_tables, batch.query_start,
+                                      batch.seq_lens)
+    hybrid = CpuAttentionBackend(KERNEL, heads // kv_heads).plan(batch).attend(q, k_cache, v_cache)
+    torch.testing.assert_close(everything_in_kernel, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hybrid, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_selects_the_kernel_for_float32_on_cpu_only():
+    cpu = torch.device("cpu")
+    assert select_attention_backend("auto", cpu, torch.float32, 3).name == "cpu"
+    assert select_attention_backend("auto", cpu, torch.bfloat16, 3).name == "torch"
+    assert select_attention_backend("torch", cpu, torch.float32, 3).name == "torch"
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        select_attention_backend("cpu", cpu, torch.bfloat16, 3)

@@ -1,0 +1,122 @@
+"""`tokenmill ...`: thin subcommands over the offline LLM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenmill.sampling_params import SamplingParams
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The engine's options, with vLLM's flag names."""
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a GGUF file or a Hugging Face model directory (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--kv-cache-memory", type=int, default=None, help="KV cache budget in bytes")
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.1,
+                        help="KV cache budget as a fraction of available memory, when --kv-cache-memory is unset")
+    parser.add_argument("--attention-backend", default="auto", choices=("auto", "cpu", "torch"))
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+
+
+def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: torch is slow to load)
+    from tokenmill.llm import LLM
+
+    return LLM(
+        args.model, dtype=args.dtype, device=args.device, seed=args.seed, block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
+        kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
+    )  # fmt: skip
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompts = list(args.prompts)
+    if args.file is not None:
+        prompts += [line.rstrip("\n") for line in args.file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit("tokenmill generate: give prompts as arguments or with --file")
+    llm = build_llm(args)
+    outputs = llm.generate(prompts, sampling_params(args), use_tqdm=len(prompts) > 1)
+    for out in outputs:
+        if len(outputs) > 1:
+            print(f"--- {out.prompt!r}")
+        print(out.prompt + out.outputs[0].text if args.echo else out.outputs[0].text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = build_llm(args)
+    params = sampling_params(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("tokenmill chat: an empty line or Ctrl-D ends the chat.", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ").strip()
+        except EOFError:
+            break
+        if not user:
+            break
+        messages.append({"role": "user", "content": user})
+        prompt = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        reply = ""
+        for out in llm.stream(prompt, params):
+            text = out.outputs[0].text
+            print(text[len(reply):], end="", flush=True)
+            reply = text
+        print()
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenmill", description="An LLM inference serving engine.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log start-up and sizing details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate completions for prompts")
+    generate.add_argument("prompts", nargs="*", help="prompts (each one argument)")
+    generate.add_argument("--file", type=Path, default=None, help="more prompts, one per line")
+    generate.add_argument("--echo", action="store_true", help="print each prompt before its completion")
+    add_engine_args(generate)
+    add_sampling_args(generate, max_tokens=64)
+    generate.set_defaults(run=cmd_generate)
+
+    chat = commands.add_parser("chat", help="an interactive chat in the terminal, streamed")
+    chat.add_argument("--system", default=None, help="a system prompt")
+    add_engine_args(chat)
+    add_sampling_args(chat, max_tokens=512)
+    chat.set_defaults(run=cmd_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

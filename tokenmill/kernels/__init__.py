@@ -1,0 +1,1 @@
+"""Optional hand-written kernels, compiled on first use; a plain PyTorch path always exists."""

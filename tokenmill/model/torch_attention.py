@@ -1,0 +1,97 @@
+"""The plain PyTorch attention backend: gather each sequence's blocks, then one SDPA call.
+
+Sequences split into at most two groups, each attended in one batched call per layer: decode
+rows (one query per sequence) and prefill rows (a chunk of queries per sequence, padded to the
+longest chunk). Keeping them apart stops one long prefill chunk from padding every decode row.
+Runs on any device; it is also the reference the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tokenmill.model.attention import AttentionBatch
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    rows: slice  # this group's rows in the flat batch
+    block_tables: torch.Tensor  # [B, max_blocks] int64
+    mask: torch.Tensor  # [B, 1, Lq * G, max_blocks * block_size] bool: key j visible to query row
+    query_index: torch.Tensor | None  # [B * Lq] rows of the group for each padded query; None: no padding
+    query_valid: torch.Tensor | None  # [B * Lq] bool, real (not padding) queries
+    max_query_len: int
+
+
+@dataclass(frozen=True)
+class TorchAttentionPlan:
+    batch: AttentionBatch
+    groups: list[AttentionGroup]
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(q)
+        for group in self.groups:  # at most two: decode and prefill
+            out[group.rows] = attend_group(q[group.rows], k_cache, v_cache, group)
+        return out
+
+
+class TorchAttentionBackend:
+    name = "torch"
+
+    def __init__(self, num_queries_per_kv: int) -> None:
+        self.num_queries_per_kv = num_queries_per_kv
+
+    def plan(self, batch: AttentionBatch) -> TorchAttentionPlan:
+        bounds = [(0, batch.num_decode), (batch.num_decode, batch.seq_lens.shape[0])]
+        groups = [self.group(batch, lo, hi) for lo, hi in bounds if hi > lo]
+        return TorchAttentionPlan(batch, groups)
+
+    def group(self, batch: AttentionBatch, lo: int, hi: int) -> AttentionGroup:
+        device = batch.block_tables.device
+        q_starts = batch.query_start[lo : hi + 1].long()
+        q_lens = q_starts[1:] - q_starts[:-1]
+        seq_lens = batch.seq_lens[lo:hi].long()
+        max_q = int(q_lens.max())
+        width = int((seq_lens.max() + batch.block_size - 1) // batch.block_size)
+        # Query i of sequence b sits at position seq_len_b - q_len_b + i and sees keys 0..there.
+        # Padding queries copy the sequence's last real query, so no row is fully masked.
+        i = torch.minimum(torch.arange(max_q, device=device)[None, :], (q_lens - 1)[:, None])
+        query_pos = (seq_lens - q_lens)[:, None] + i
+        mask = torch.arange(width * batch.block_size, device=device)[None, None, :] <= query_pos[:, :, None]
+        padded = bool((q_lens != max_q).any())
+        return AttentionGroup(
+            rows=slice(int(q_starts[0]), int(q_starts[-1])),
+            block_tables=batch.block_tables[lo:hi, :width].long(),
+            mask=mask.repeat_interleave(self.num_queries_per_kv, dim=1).unsqueeze(1),
+            query_index=((q_starts[:-1] - q_starts[0])[:, None] + i).flatten() if padded else None,
+            query_valid=(torch.arange(max_q, device=device)[None, :] < q_lens[:, None]).flatten() if padded else None,
+            max_query_len=max_q,
+        )
+
+
+def attend_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    """The queries of one group ([rows, H, D]) against their sequences' gathered K and V."""
+    num_seqs = group.block_tables.shape[0]
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    kvh = k_cache.shape[1]
+    if group.query_index is not None:
+        q = q.index_select(0, group.query_index)
+    lq, g = group.max_query_len, num_heads // kvh
+    # Fold the query heads that share a KV head into the query axis: GQA without repeating K and V.
+    q = q.view(num_seqs, lq, kvh, g, head_dim).permute(0, 2, 1, 3, 4).reshape(num_seqs, kvh, lq * g, head_dim)
+    keys = _gather(k_cache.transpose(2, 3), group.block_tables)
+    values = _gather(v_cache, group.block_tables)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=group.mask, scale=head_dim**-0.5)
+    out = out.view(num_seqs, kvh, lq, g, head_dim).permute(0, 2, 1, 3, 4).reshape(num_seqs * lq, num_heads, head_dim)
+    return out if group.query_valid is None else out[group.query_valid]
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """cache: [num_blocks, KVH, block_size, D] (a view); returns [B, KVH, max_blocks * block_size, D]."""
+    num_seqs, max_blocks = block_tables.shape
+    _, kvh, block_size, head_dim = cache.shape
+    blocks = cache[block_tables.flatten()].view(num_seqs, max_blocks, kvh, block_size, head_dim)
+    return blocks.transpose(1, 2).reshape(num_seqs, kvh, max_blocks * block_size, head_dim)
