@@ -3,9 +3,10 @@
 A fixed workload of real English prompts (100-600 tokens, 128 greedy output tokens each, EOS
 ignored) goes through tokenmill in one `llm.generate` call, and through transformers' `generate`
 one request at a time. Both also run one medium prompt alone, for time to first token and
-single-stream decode speed.
+single-stream decode speed. The machine is shared and noisy, so the two engines alternate over
+several rounds and the medians are compared.
 
-    python benchmarks/offline_throughput.py [--dtype float32] [--hf-requests 8] [--num-requests 64]
+    python benchmarks/offline_throughput.py [--rounds 3] [--hf-requests 8] [--num-requests 64]
 """
 
 from __future__ import annotations
@@ -61,8 +62,15 @@ class SingleStream:
 
 @dataclass(frozen=True)
 class EngineResults:
-    offline: Throughput | None = None
+    rounds: list[Throughput]  # one offline run per round
     single: SingleStream | None = None
+
+    @property
+    def offline(self) -> Throughput | None:
+        """The median round by output tokens/s."""
+        if not self.rounds:
+            return None
+        return sorted(self.rounds, key=lambda t: t.output_tps)[len(self.rounds) // 2]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,8 @@ def parse_args() -> argparse.Namespace:
                         help="how many of the requests transformers runs, evenly spaced by prompt length")
     parser.add_argument("--single-input-len", type=int, default=350, help="prompt length of the single-stream runs")
     parser.add_argument("--repeats", type=int, default=3, help="single-stream runs per engine (the median is kept)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="offline runs per engine, alternating between the engines (the median is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("tokenmill", "transformers"), default=None, help="run one engine")
     args = parser.parse_args()
@@ -157,15 +167,6 @@ def hf_single_stream(model: torch.nn.Module, requests: list[WorkloadRequest]) ->
     return SingleStream(ttft_s=first, decode_tps=(requests[0].output_len - 1) / (full - first))
 
 
-def run_transformers(args: argparse.Namespace, workloads: Workloads) -> EngineResults:
-    model = load_hf_model(args.model, args.dtype)
-    hf_generate(model, workloads.warmup.prompt_token_ids, workloads.warmup.output_len)
-    console.print(f"transformers: {len(workloads.hf_offline)} requests one at a time ...")
-    offline = hf_offline(model, workloads.hf_offline)
-    console.print(f"transformers: single stream x{len(workloads.single)} ...")
-    return EngineResults(offline, hf_single_stream(model, workloads.single))
-
-
 def load_tokenmill(args: argparse.Namespace):  # -> tokenmill.LLM
     from tokenmill import LLM
 
@@ -206,13 +207,35 @@ def tokenmill_single_stream(llm, requests: list[WorkloadRequest]) -> SingleStrea
     return SingleStream(ttft_s=ttft, decode_tps=decode_tps)
 
 
-def run_tokenmill(args: argparse.Namespace, workloads: Workloads) -> EngineResults:
-    llm = load_tokenmill(args)
-    tokenmill_generate(llm, [workloads.warmup])
-    console.print(f"tokenmill: {len(workloads.offline)} requests in one generate call ...")
-    offline = tokenmill_offline(llm, workloads.offline)
-    console.print(f"tokenmill: single stream x{len(workloads.single)} ...")
-    return EngineResults(offline, tokenmill_single_stream(llm, workloads.single))
+def run_alternating(args: argparse.Namespace, workloads: Workloads) -> tuple[EngineResults, EngineResults]:
+    """Both engines loaded, then each offline round and each single-stream prompt runs on one
+    engine right after the other, so that a slow spell of the machine hits both alike."""
+    engines = {}
+    if args.only != "transformers":
+        engines["tokenmill"] = (load_tokenmill(args), tokenmill_generate, tokenmill_offline, tokenmill_single_stream)
+    if args.only != "tokenmill":
+        engines["transformers"] = (load_hf_model(args.model, args.dtype), hf_warmup, hf_offline, hf_single_stream)
+    rounds: dict[str, list[Throughput]] = {name: [] for name in engines}
+    for name, (engine, warmup, _, _) in engines.items():
+        warmup(engine, [workloads.warmup])
+    for i in range(args.rounds):
+        order = list(engines) if i % 2 == 0 else list(reversed(engines))  # neither always goes first
+        for name in order:
+            engine, _, offline, _ = engines[name]
+            requests = workloads.offline if name == "tokenmill" else workloads.hf_offline
+            console.print(f"round {i + 1}/{args.rounds}: {name}, {len(requests)} requests ...")
+            rounds[name].append(offline(engine, requests))
+    results = {}
+    for name, (engine, _, _, single_stream) in engines.items():
+        console.print(f"{name}: single stream x{len(workloads.single)} ...")
+        results[name] = EngineResults(rounds[name], single_stream(engine, workloads.single))
+    empty = EngineResults([])
+    return results.get("tokenmill", empty), results.get("transformers", empty)
+
+
+def hf_warmup(model: torch.nn.Module, requests: list[WorkloadRequest]) -> None:
+    for r in requests:
+        hf_generate(model, r.prompt_token_ids, r.output_len)
 
 
 Row = tuple[str, str, str, str]
@@ -233,12 +256,18 @@ def results_rows(tm: EngineResults, hf: EngineResults, args: argparse.Namespace)
         _row("prompt tokens", *both(offline, "prompt_tokens"), "d"),
         _row("output tokens", *both(offline, "output_tokens"), "d"),
         _row("time (s)", *both(offline, "seconds"), ".1f"),
-        _row("output tokens/s", *both(offline, "output_tps"), ".1f", higher_is_better=True),
+        _row(f"output tokens/s (median of {args.rounds} rounds)", *both(offline, "output_tps"), ".1f",
+             higher_is_better=True),
+        _row("output tokens/s, every round", *(_all_rounds(r) for r in (tm, hf)), "s"),
         _row("total tokens/s (prompt+output)", *both(offline, "total_tps"), ".1f", higher_is_better=True),
         _row(f"TTFT, one {args.single_input_len}-token prompt (ms)", *both(single, "ttft_ms"), ".0f",
              higher_is_better=False),
         _row("decode tokens/s, single stream", *both(single, "decode_tps"), ".1f", higher_is_better=True),
     ]
+
+
+def _all_rounds(result: EngineResults) -> str | None:
+    return ", ".join(f"{t.output_tps:.1f}" for t in result.rounds) or None
 
 
 def _row(name: str, tm: float | None, hf: float | None, fmt: str, higher_is_better: bool | None = None) -> Row:
@@ -330,8 +359,7 @@ def main() -> None:
     args.model = args.model or default_model_path()
     load_before = os.getloadavg()[0]
     workloads = build_workloads(args, load_hf_tokenizer(args.model))
-    tm = run_tokenmill(args, workloads) if args.only != "transformers" else EngineResults()
-    hf = run_transformers(args, workloads) if args.only != "tokenmill" else EngineResults()
+    tm, hf = run_alternating(args, workloads)
     agreement = None
     if tm.offline is not None and hf.offline is not None:
         agreement = greedy_agreement(tm.offline, hf.offline, workloads)

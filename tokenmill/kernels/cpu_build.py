@@ -42,14 +42,15 @@ def load_library(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         logger.warning("no C compiler found: %s kernels fall back to PyTorch", name)
         return None
-    source = (SOURCE_DIR / f"{name}.c").read_text()
-    key = hashlib.sha256("\0".join([source, compiler, *FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    sources = [(SOURCE_DIR / f"{name}.c").read_text(), *(h.read_text() for h in sorted(SOURCE_DIR.glob("*.h")))]
+    key = hashlib.sha256("\0".join([*sources, compiler, *FLAGS, platform.machine()]).encode()).hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}.so"
     if not path.exists():
         try:
             _compile(compiler, SOURCE_DIR / f"{name}.c", path)
         except (OSError, subprocess.CalledProcessError) as error:
-            logger.warning("could not compile the %s kernel (%s): falling back to PyTorch", name, error)
+            detail = getattr(error, "stderr", b"").decode(errors="replace")[-2000:]
+            logger.warning("could not compile the %s kernel (%s): falling back to PyTorch\n%s", name, error, detail)
             return None
     return ctypes.CDLL(str(path))
 

@@ -87,7 +87,7 @@ def select_attention_backend(
         raise ValueError(f"the cpu attention backend runs float32 on the CPU, not {dtype} on {device}")
     kernel = CpuAttentionBackend.load_kernel() if supported else None
     if kernel is not None:
-        return CpuAttentionBackend(kernel, num_queries_per_kv)
+        return CpuAttentionBackend(kernel)
     if name == "cpu":
         raise RuntimeError("the cpu attention kernel could not be compiled (is a C compiler installed?)")
     return TorchAttentionBackend(num_queries_per_kv)

@@ -1,13 +1,20 @@
-"""Building blocks shared by architectures: RMSNorm, rotary embedding, SwiGLU."""
+"""Building blocks shared by architectures: RMSNorm, rotary embedding, SwiGLU.
+
+Each has a plain PyTorch forward; where the model runner binds `fused` (the C kernels, for
+float32 on the CPU), the same computation runs as one fused call instead.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from tokenmill.kernels.fused_ops import FusedOps
 
 
 class RMSNorm(nn.Module):
@@ -15,9 +22,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.fused: FusedOps | None = None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds the residual first (when given) and returns (normalized, new residual)."""
+        if self.fused is not None:
+            return self.fused.rms_norm(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
         residual = x
@@ -26,9 +36,18 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype), residual
 
 
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+class SiluAndMul(nn.Module):
+    """SwiGLU's activation: silu(gate) * up, from the fused [gate | up] projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fused: FusedOps | None = None
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused.silu_and_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
 
 class RotaryEmbedding(nn.Module):
@@ -42,12 +61,23 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq)
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.fused: FusedOps | None = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, H, D], k: [T, KVH, D]; positions: [T]."""
+        if self.fused is not None:
+            return self.fused.rotary(positions, q, k, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def bind_fused_ops(model: nn.Module, ops: FusedOps) -> int:
+    """Points every fusable layer of the model at the C kernels; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, (RMSNorm, SiluAndMul, RotaryEmbedding))]
+    for layer in layers:
+        layer.fused = ops
+    return len(layers)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

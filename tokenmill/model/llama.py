@@ -10,7 +10,7 @@ from torch import nn
 
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.attention import AttentionPlan, PagedAttention
-from tokenmill.model.layers import RMSNorm, RotaryEmbedding, silu_and_mul
+from tokenmill.model.layers import RMSNorm, RotaryEmbedding, SiluAndMul
 
 
 class LlamaAttention(nn.Module):
@@ -37,9 +37,10 @@ class LlamaMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -34,7 +34,7 @@ class TorchAttentionPlan:
     def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)
         for group in self.groups:  # at most two: decode and prefill
-            out[group.rows] = attend_group(q[group.rows], k_cache, v_cache, group)
+            out[group.rows] = _attend(q[group.rows], k_cache, v_cache, group)
         return out
 
 
@@ -46,10 +46,10 @@ class TorchAttentionBackend:
 
     def plan(self, batch: AttentionBatch) -> TorchAttentionPlan:
         bounds = [(0, batch.num_decode), (batch.num_decode, batch.seq_lens.shape[0])]
-        groups = [self.group(batch, lo, hi) for lo, hi in bounds if hi > lo]
+        groups = [self._group(batch, lo, hi) for lo, hi in bounds if hi > lo]
         return TorchAttentionPlan(batch, groups)
 
-    def group(self, batch: AttentionBatch, lo: int, hi: int) -> AttentionGroup:
+    def _group(self, batch: AttentionBatch, lo: int, hi: int) -> AttentionGroup:
         device = batch.block_tables.device
         q_starts = batch.query_start[lo : hi + 1].long()
         q_lens = q_starts[1:] - q_starts[:-1]
@@ -72,7 +72,7 @@ class TorchAttentionBackend:
         )
 
 
-def attend_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
     """The queries of one group ([rows, H, D]) against their sequences' gathered K and V."""
     num_seqs = group.block_tables.shape[0]
     num_heads, head_dim = q.shape[1], q.shape[2]

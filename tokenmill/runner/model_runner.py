@@ -11,10 +11,13 @@ import torch
 from tokenmill.config import CacheConfig, ModelConfig
 from tokenmill.engine.scheduler import SchedulerOutput
 from tokenmill.engine.sequence import Sequence
+from tokenmill.kernels.fused_ops import FusedOps
 from tokenmill.model.attention import kv_block_views, select_attention_backend
+from tokenmill.model.layers import bind_fused_ops
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import prepare_input
+from tokenmill.runner.host_memory import keep_activations_on_heap
 from tokenmill.runner.kv_cache import allocate_kv_cache, size_kv_cache
 from tokenmill.runner.sampler import Sampler
 
@@ -34,6 +37,8 @@ class ModelRunner:
         self.arch = loaded.arch
         self.device = model_config.device
         self.block_size = cache_config.block_size
+        if self.device.type == "cpu":
+            keep_activations_on_heap()
         start = time.monotonic()
         size = size_kv_cache(self.arch, cache_config, model_config.dtype, self.device)
         self.num_blocks = size.num_blocks
@@ -45,7 +50,16 @@ class ModelRunner:
             model_config.attention_backend, self.device, model_config.dtype, self.arch.num_queries_per_kv
         )
         logger.info("attention backend: %s", self.attention.name)
+        self._bind_fused_ops()
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
+
+    def _bind_fused_ops(self) -> None:
+        """The C elementwise kernels go with the C attention kernel: float32 on the CPU."""
+        if self.attention.name != "cpu":
+            return
+        ops = FusedOps.load()
+        if ops is not None:
+            logger.info("fused C kernels bound to %d layers", bind_fused_ops(self.model, ops))
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
