@@ -43,7 +43,8 @@ def load_library(name: str) -> ctypes.CDLL | None:
         logger.warning("no C compiler found: %s kernels fall back to PyTorch", name)
         return None
     sources = [(SOURCE_DIR / f"{name}.c").read_text(), *(h.read_text() for h in sorted(SOURCE_DIR.glob("*.h")))]
-    key = hashlib.sha256("\0".join([*sources, compiler, *FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    identity = [*sources, compiler, *FLAGS, platform.machine(), _cpu_flags()]  # -march=native: per CPU
+    key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}.so"
     if not path.exists():
         try:
@@ -53,6 +54,12 @@ def load_library(name: str) -> ctypes.CDLL | None:
             logger.warning("could not compile the %s kernel (%s): falling back to PyTorch\n%s", name, error, detail)
             return None
     return ctypes.CDLL(str(path))
+
+
+def _cpu_flags() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line for line in lines if line.startswith("flags")), "")
 
 
 def _compile(compiler: str, source: Path, target: Path) -> None:

@@ -45,7 +45,9 @@ class AttentionBackend(Protocol):
     def plan(self, batch: AttentionBatch) -> AttentionPlan: ...
 
 
-def kv_block_views(layer_pool: torch.Tensor, block_size: int, num_kv_heads: int, head_dim: int):
+def kv_block_views(
+    layer_pool: torch.Tensor, block_size: int, num_kv_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's K and V views of the pool ([2, num_blocks, block elements]).
 
     Keys are stored transposed, [num_blocks, KVH, D, block_size], so that a query's scores against

@@ -1,0 +1,46 @@
+"""`tokenmill generate` and `tokenmill chat` on the real model (the session's engine)."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenmill import SamplingParams, cli
+
+
+@pytest.fixture
+def cli_llm(llm, monkeypatch):
+    """The CLI builds its engine through build_llm: hand it the session's, already loaded."""
+    built = []
+    monkeypatch.setattr(cli, "build_llm", lambda args: built.append(args) or llm)
+    return built
+
+
+def test_generate_prints_the_greedy_completion(cli_llm, llm, capsys):
+    assert cli.main(["generate", "The capital of France is", "--max-tokens", "8"]) == 0
+    [expected] = llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    assert capsys.readouterr().out == expected.outputs[0].text + "\n"
+    assert cli_llm[0].max_tokens == 8 and cli_llm[0].dtype == "auto"
+
+
+def test_generate_reads_prompts_from_a_file(cli_llm, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("One, two, three,\n\nThe quick brown fox\n")
+    assert cli.main(["generate", "--file", str(prompts), "--max-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "--- 'One, two, three,'" in out and "--- 'The quick brown fox'" in out
+
+
+def test_chat_streams_the_answer_and_keeps_the_conversation(cli_llm, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\nAnd of Germany?\n\n"))
+    assert cli.main(["chat", "--max-tokens", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "Paris" in out and "Berlin" in out  # the second answer needed the first turn's context
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "tokenmill"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "generate" in result.stdout and "chat" in result.stdout
