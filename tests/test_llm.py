@@ -38,3 +38,18 @@ def test_token_id_prompts_and_per_prompt_params(llm):
     assert outs[0].prompt is None and outs[0].prompt_token_ids == ids
     assert len(outs[0].outputs[0].token_ids) == 3 and len(outs[1].outputs[0].token_ids) == 6
     assert outs[1].outputs[0].token_ids[:3] == outs[0].outputs[0].token_ids
+
+
+def test_stream_yields_growing_text_that_ends_as_generate_does(llm):
+    params = SamplingParams(temperature=0, max_tokens=12, stop=["Paris"])
+    texts = [out.outputs[0].text for out in llm.stream("The capital of France is", params)]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # streamed text is never taken back
+    [full] = llm.generate("The capital of France is", params, use_tqdm=False)
+    assert texts[-1] == full.outputs[0].text and "Paris" not in texts[-1]
+
+
+def test_stopping_a_stream_early_aborts_its_request(llm):
+    stream = llm.stream("Once upon a time", SamplingParams(temperature=0, max_tokens=50))
+    next(stream), next(stream)
+    stream.close()  # the autouse check then finds every KV block back in the pool
+    assert not llm.engine.has_unfinished_requests()
