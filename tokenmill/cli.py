@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenmill.config import ATTENTION_BACKENDS, DTYPE_CHOICES, CacheConfig, ModelConfig, SchedulerConfig
 from tokenmill.sampling_params import SamplingParams
 
 
@@ -15,17 +16,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """The engine's options, with vLLM's flag names."""
     parser.add_argument("--model", type=Path, default=None,
                         help="a GGUF file or a Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=ModelConfig.seed)
     parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
-    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=SchedulerConfig.max_num_batched_tokens)
+    parser.add_argument("--block-size", type=int, default=CacheConfig.block_size)
     parser.add_argument("--kv-cache-memory", type=int, default=None, help="KV cache budget in bytes")
-    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.1,
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=CacheConfig.kv_cache_memory_fraction,
                         help="KV cache budget as a fraction of available memory, when --kv-cache-memory is unset")
-    parser.add_argument("--attention-backend", default="auto", choices=("auto", "cpu", "torch"))
+    parser.add_argument("--attention-backend", default=ModelConfig.attention_backend, choices=ATTENTION_BACKENDS)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -35,7 +36,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     parser.add_argument("--top-k", type=int, default=0)
 
 
-def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: torch is slow to load)
+def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: loading the engine is slow)
     from tokenmill.llm import LLM
 
     return LLM(

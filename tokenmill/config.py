@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *_DTYPES)
+ATTENTION_BACKENDS = ("auto", "cpu", "torch")  # cpu: the C kernels; torch: plain PyTorch, any device
 
 
 @dataclass(frozen=True)
@@ -19,13 +21,14 @@ class ModelConfig:
     device: torch.device = torch.device("cpu")
     max_model_len: int | None = None  # None: the model's context length, capped by the KV cache
     seed: int = 0
-    attention_backend: str = "auto"  # auto | cpu (the C kernel) | torch (plain PyTorch, any device)
+    attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
-        if self.attention_backend not in ("auto", "cpu", "torch"):
-            raise ValueError(f"attention_backend must be auto, cpu or torch; got {self.attention_backend!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}; "
+                             f"got {self.attention_backend!r}")
 
     @staticmethod
     def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -25,14 +25,14 @@ class LLM:
         *,
         dtype: str | torch.dtype = "auto",
         device: str = "auto",
-        seed: int = 0,
-        block_size: int = 16,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int = 512,
+        seed: int = ModelConfig.seed,
+        block_size: int = CacheConfig.block_size,
+        max_num_seqs: int = SchedulerConfig.max_num_seqs,
+        max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens,
         max_model_len: int | None = None,
         kv_cache_memory: int | None = None,
-        kv_cache_memory_fraction: float = 0.1,
-        attention_backend: str = "auto",
+        kv_cache_memory_fraction: float = CacheConfig.kv_cache_memory_fraction,
+        attention_backend: str = ModelConfig.attention_backend,
     ) -> None:
         path = Path(model) if model is not None else default_model_path()
         model_config = ModelConfig(
