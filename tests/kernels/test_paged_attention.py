@@ -57,6 +57,37 @@ def test_kernel_matches_torch_backend(case, heads, kv_heads, head_dim, block_siz
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("heads,kv_heads,head_dim,block_size", SHAPES)
+def test_a_query_gives_the_same_bits_in_a_whole_prefill_a_chunk_and_a_decode_row(heads, kv_heads, head_dim, block_size):
+    """Batch invariance rests on this: the kernel groups query rows differently in each case."""
+    gen = torch.Generator().manual_seed(1)
+    seq_len = 70
+    num_blocks = -(-seq_len // block_size) + 3
+    k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen)
+    v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen)
+    tables = torch.randperm(num_blocks, generator=gen)[None, : -(-seq_len // block_size)].int()
+    q = torch.randn(seq_len, heads, head_dim, generator=gen)
+    backend = CpuAttentionBackend(KERNEL)
+
+    def attend(first: int, last: int) -> torch.Tensor:
+        """Queries at positions [first, last) with the keys up to last: a chunk, or a decode row."""
+        batch = AttentionBatch(
+            slot_blocks=torch.zeros(last - first, dtype=torch.long),
+            slot_offsets=torch.zeros(last - first, dtype=torch.long),
+            query_start=torch.tensor([0, last - first], dtype=torch.int32),
+            seq_lens=torch.tensor([last], dtype=torch.int32),
+            block_tables=tables,
+            num_decode=int(last - first == 1),
+            block_size=block_size,
+        )
+        return backend.plan(batch).attend(q[first:last], k_cache, v_cache)
+
+    whole = attend(0, seq_len)
+    assert torch.equal(attend(29, seq_len), whole[29:])
+    for position in (0, 16, 37, seq_len - 1):
+        assert torch.equal(attend(position, position + 1), whole[position : position + 1])
+
+
 def test_auto_selects_the_kernel_for_float32_on_cpu_only():
     cpu = torch.device("cpu")
     assert select_attention_backend("auto", cpu, torch.float32, 3).name == "cpu"

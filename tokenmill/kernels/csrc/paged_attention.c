@@ -7,6 +7,8 @@
  * Work is split into tasks of (sequence, KV head, tile of up to TILE_Q query positions); the
  * query heads sharing a KV head are processed together so each key is loaded once for all of
  * them. Softmax is computed online, one key block at a time (flash attention's rescaling).
+ * On AVX-512 machines the common shapes run attend_avx512.h's intrinsics; the portable C below
+ * serves every other shape and machine.
  */
 #include <float.h>
 #include <math.h>
@@ -14,6 +16,9 @@
 #include <stdlib.h>
 
 #include "fast_exp.h"
+#ifdef __AVX512F__
+#include "attend_avx512.h"
+#endif
 
 #define TILE_Q 16
 
@@ -91,14 +96,28 @@ static inline __attribute__((always_inline)) void attend_rows(
         for (int64_t d = 0; d < D; d++) out_rows[r][d] = acc[r][d] / l[r];
 }
 
+/* Where rows [r0, r0 + nr) of a tile live (row r is query r / G, head r % G of the KV head's
+ * group); returns the keys the group needs, those of its last row, which sees the most. */
+static inline int64_t locate_rows(const Problem *p, int64_t s, int64_t h, int64_t i0, int64_t r0, int64_t nr,
+                                  int64_t slots, const float *q_rows[], float *out_rows[], int64_t row_pos[]) {
+    const int64_t G = p->num_heads / p->num_kv_heads;
+    const int64_t q_len = p->query_start[s + 1] - p->query_start[s];
+    const int64_t first_pos = p->seq_lens[s] - q_len; /* position of the sequence's first query */
+    for (int64_t r = 0; r < slots; r++) {
+        const int64_t row = r0 + (r < nr ? r : nr - 1); /* spare slots repeat the last real row */
+        const int64_t token = p->query_start[s] + i0 + row / G, head = h * G + row % G;
+        q_rows[r] = p->q + token * p->q_stride + head * p->head_dim;
+        out_rows[r] = p->out + (token * p->num_heads + head) * p->head_dim;
+        row_pos[r] = first_pos + i0 + row / G;
+    }
+    return row_pos[nr - 1] + 1;
+}
+
 /* Queries [i0, i1) of sequence s, every query head of KV head h, ROWS rows at a time. Inlined
  * with constant D and BS for the common shapes, so that the rows' state stays in registers. */
 static inline __attribute__((always_inline)) void attend_tile(const Problem *p, int64_t s, int64_t h, int64_t i0,
                                                               int64_t i1, const int64_t D, const int64_t BS) {
-    const int64_t G = p->num_heads / p->num_kv_heads;
-    const int64_t q_len = p->query_start[s + 1] - p->query_start[s];
-    const int64_t first_pos = p->seq_lens[s] - q_len; /* position of the sequence's first query */
-    const int64_t rows = (i1 - i0) * G;
+    const int64_t rows = (i1 - i0) * (p->num_heads / p->num_kv_heads);
     const int64_t block_stride = p->num_kv_heads * D * BS;
     const int32_t *table = p->block_tables + s * p->max_blocks;
     for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
@@ -106,18 +125,38 @@ static inline __attribute__((always_inline)) void attend_tile(const Problem *p, 
         const float *q_rows[ROWS];
         float *out_rows[ROWS];
         int64_t row_pos[ROWS];
-        for (int64_t r = 0; r < ROWS; r++) {
-            const int64_t row = r0 + (r < nr ? r : nr - 1); /* spare rows repeat the last real one */
-            const int64_t token = p->query_start[s] + i0 + row / G, head = h * G + row % G;
-            q_rows[r] = p->q + token * p->q_stride + head * D;
-            out_rows[r] = p->out + (token * p->num_heads + head) * D;
-            row_pos[r] = first_pos + i0 + row / G;
-        }
-        const int64_t num_keys = row_pos[nr - 1] + 1; /* rows ascend in position: the last sees most */
+        const int64_t num_keys = locate_rows(p, s, h, i0, r0, nr, ROWS, q_rows, out_rows, row_pos);
         attend_rows(q_rows, row_pos, nr, p->k_cache + h * D * BS, p->v_cache + h * D * BS, table, num_keys,
                     block_stride, p->scale, out_rows, D, BS);
     }
 }
+
+#ifdef __AVX512F__
+#define ATTEND_ROWS_CASE(R, DV) \
+    case R: attend_rows_avx512(q_rows, row_pos, k_base, v_base, table, num_keys, block_stride, p->scale, out_rows, r0 == 0, R, DV); break;
+#define ATTEND_ROWS_SWITCH(DV)                                                                                   \
+    switch (nr) {                                                                                                \
+        ATTEND_ROWS_CASE(1, DV) ATTEND_ROWS_CASE(2, DV) ATTEND_ROWS_CASE(3, DV) ATTEND_ROWS_CASE(4, DV)          \
+        ATTEND_ROWS_CASE(5, DV) ATTEND_ROWS_CASE(6, DV)                                                          \
+    }
+
+/* attend_tile for block_size 16 and head_dim 32, 64 or 128, with the intrinsics of attend_avx512.h. */
+static void attend_tile_avx512(const Problem *p, int64_t s, int64_t h, int64_t i0, int64_t i1) {
+    const int64_t D = p->head_dim, rows = (i1 - i0) * (p->num_heads / p->num_kv_heads);
+    const int64_t block_stride = p->num_kv_heads * D * 16;
+    const int64_t group = ACC_REGISTERS / (D / 16) < R_MAX ? ACC_REGISTERS / (D / 16) : R_MAX; /* rows per pass */
+    const int32_t *table = p->block_tables + s * p->max_blocks;
+    const float *k_base = p->k_cache + h * D * 16, *v_base = p->v_cache + h * D * 16;
+    for (int64_t r0 = 0; r0 < rows; r0 += group) {
+        const int64_t nr = rows - r0 < group ? rows - r0 : group;
+        const float *q_rows[R_MAX];
+        float *out_rows[R_MAX];
+        int64_t row_pos[R_MAX];
+        const int64_t num_keys = locate_rows(p, s, h, i0, r0, nr, nr, q_rows, out_rows, row_pos);
+        if (D == 32) { ATTEND_ROWS_SWITCH(2) } else if (D == 64) { ATTEND_ROWS_SWITCH(4) } else { ATTEND_ROWS_SWITCH(8) }
+    }
+}
+#endif
 
 void paged_attention_f32(const float *q, const float *k_cache, const float *v_cache,
                          const int32_t *block_tables, const int32_t *query_start, const int32_t *seq_lens,
@@ -144,6 +183,11 @@ void paged_attention_f32(const float *q, const float *k_cache, const float *v_ca
         const int64_t i0 = (tile - tile_start[lo]) * TILE_Q;
         const int64_t q_len = query_start[lo + 1] - query_start[lo];
         const int64_t i1 = i0 + TILE_Q < q_len ? i0 + TILE_Q : q_len;
+#ifdef __AVX512F__
+        if (block_size == 16 && (head_dim == 32 || head_dim == 64 || head_dim == 128))
+            attend_tile_avx512(&p, lo, h, i0, i1);
+        else
+#endif
         if (head_dim == 64 && block_size == 16)
             attend_tile(&p, lo, h, i0, i1, 64, 16);
         else if (head_dim == 128 && block_size == 16)
