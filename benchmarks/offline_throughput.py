@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from tokenmill.bench.report import command_line, cpu_model, load_average_note, markdown_table
 from tokenmill.bench.workloads import TextTokenizer, WorkloadRequest, offline_workload, spread_subset
 from tokenmill.model.default import default_model_path
 
@@ -304,8 +302,7 @@ def notes(args: argparse.Namespace, hf: EngineResults, agreement: str | None, lo
         f"prefix cache helps), {args.output_len} output tokens; transformers TTFT = generate with 1 new token, "
         f"decode = {args.output_len - 1} tokens / (time for {args.output_len} - time for 1)"
     )
-    # Both engines use every core: anything else running skews the numbers.
-    lines.append(f"1-minute load average before the run: {load_before:.2f} on {os.cpu_count()} cores")
+    lines.append(load_average_note(load_before))
     return lines
 
 
@@ -331,27 +328,14 @@ def print_markdown(rows: list[Row], args: argparse.Namespace) -> None:
         "transformers": transformers.__version__,
         "dtype": args.dtype,
         "model": args.model.name,
-        "command": "`" + shlex.join(["python", *sys.argv]) + "`",
+        "command": command_line(),
     }
     lines = [
-        _markdown_row(environment), _markdown_row(["---"] * len(environment)), _markdown_row(environment.values()),
+        *markdown_table(list(environment), [environment.values()], ["---"] * len(environment)),
         "",
-        _markdown_row(["metric", "tokenmill", "transformers", "tokenmill speed-up"]),
-        _markdown_row(["---", "---:", "---:", "---:"]),
-        *(_markdown_row(row) for row in rows),
+        *markdown_table(["metric", "tokenmill", "transformers", "tokenmill speed-up"], rows),
     ]
     console.print("\n" + "\n".join(lines), markup=False, highlight=False, soft_wrap=True)
-
-
-def _markdown_row(cells) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def main() -> None:

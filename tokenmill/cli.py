@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenmill.config import ATTENTION_BACKENDS, DTYPE_CHOICES, CacheConfig, ModelConfig, SchedulerConfig
 from tokenmill.sampling_params import SamplingParams
+
+API_KEY_ENV = "TOKENMILL_API_KEY"
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -36,15 +40,20 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     parser.add_argument("--top-k", type=int, default=0)
 
 
-def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: loading the engine is slow)
-    from tokenmill.llm import LLM
-
-    return LLM(
-        args.model, dtype=args.dtype, device=args.device, seed=args.seed, block_size=args.block_size,
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine flags as LLM's (and EngineConfig.create's) keyword arguments."""
+    return dict(
+        model=args.model, dtype=args.dtype, device=args.device, seed=args.seed, block_size=args.block_size,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
     )  # fmt: skip
+
+
+def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: loading the engine is slow)
+    from tokenmill.llm import LLM
+
+    return LLM(**engine_options(args))
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -91,6 +100,43 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tokenmill.config import EngineConfig
+    from tokenmill.model.default import DEFAULT_MODEL_NAME
+    from tokenmill.server.config import ServerConfig
+    from tokenmill.server.serve import serve
+
+    if args.model_tag is not None:
+        args.model = args.model_tag
+    engine_config = EngineConfig.create(**engine_options(args))
+    name = args.served_model_name or (DEFAULT_MODEL_NAME if args.model is None else engine_config.model.model.stem)
+    serve(engine_config, ServerConfig(
+        served_model_name=name, host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
+        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
+        drain_timeout_s=args.drain_timeout,
+    ))  # fmt: skip
+    return 0
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    from tokenmill.server.config import ServerConfig as S
+
+    parser.add_argument("model_tag", nargs="?", type=Path, default=None, help="the model (same as --model)")
+    parser.add_argument("--host", default=S.host)
+    parser.add_argument("--port", type=int, default=S.port)
+    parser.add_argument("--api-key", default=None, help=f"require this key on /v1 routes (or set {API_KEY_ENV})")
+    parser.add_argument("--served-model-name", default=None, help="the model's name in the API")
+    parser.add_argument("--max-queued-requests", type=int, default=S.max_queued_requests,
+                        help="requests admitted but not yet producing tokens; past it, 429")
+    parser.add_argument("--max-queued-tokens", type=int, default=S.max_queued_tokens,
+                        help="prompt tokens of those requests; past it, 429")
+    parser.add_argument("--request-timeout", type=float, default=S.request_timeout_s, help="seconds per request")
+    parser.add_argument("--max-request-bytes", type=int, default=S.max_request_bytes)
+    parser.add_argument("--drain-timeout", type=float, default=S.drain_timeout_s,
+                        help="on SIGTERM, seconds that in-flight requests get to finish")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenmill", description="An LLM inference serving engine.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log start-up and sizing details")
@@ -109,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(chat)
     add_sampling_args(chat, max_tokens=512)
     chat.set_defaults(run=cmd_chat)
+
+    serve = commands.add_parser("serve", help="the OpenAI-compatible HTTP server")
+    add_server_args(serve)
+    add_engine_args(serve)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -76,3 +76,45 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine is built from: what `LLM(...)` and `tokenmill serve` hand down."""
+
+    model: ModelConfig
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+
+    @classmethod
+    def create(
+        cls,
+        model: str | Path | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        seed: int = ModelConfig.seed,
+        block_size: int = CacheConfig.block_size,
+        max_num_seqs: int = SchedulerConfig.max_num_seqs,
+        max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens,
+        max_model_len: int | None = None,
+        kv_cache_memory: int | None = None,
+        kv_cache_memory_fraction: float = CacheConfig.kv_cache_memory_fraction,
+        attention_backend: str = ModelConfig.attention_backend,
+    ) -> EngineConfig:
+        """From vLLM's argument names; `model` None is the default model."""
+        from tokenmill.model.default import default_model_path
+
+        model_config = ModelConfig(
+            model=Path(model) if model is not None else default_model_path(),
+            dtype=ModelConfig.parse_dtype(dtype),
+            device=ModelConfig.parse_device(device),
+            max_model_len=max_model_len,
+            seed=seed,
+            attention_backend=attention_backend,
+        )
+        return cls(
+            model_config,
+            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction),
+            SchedulerConfig(max_num_seqs, max_num_batched_tokens),
+        )

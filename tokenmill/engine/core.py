@@ -1,0 +1,161 @@
+"""The engine core: LLMEngine's step loop in a process of its own, driven by messages.
+
+The serving front end sends requests and aborts in; the core sends back, after every step, what
+each touched request gained (only the new text, tokens and logprobs) and the engine's load. The
+loop blocks on its inbox while idle and drains it between steps while busy, so no step waits
+for the front end and the front end never waits for a step.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.queues
+import queue
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tokenmill.config import EngineConfig
+from tokenmill.outputs import Logprob, RequestMetrics, RequestOutput
+from tokenmill.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from tokenmill.engine.engine import LLMEngine
+
+
+# ---- messages in ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# ---- messages out --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoreReady:
+    max_model_len: int
+    num_kv_blocks: int
+
+
+@dataclass
+class CompletionDelta:
+    index: int
+    text: str  # new text since the last delta
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str | None
+    stop_reason: int | str | None
+
+
+@dataclass
+class RequestDelta:
+    request_id: str
+    completions: list[CompletionDelta]
+    finished: bool
+    metrics: RequestMetrics
+
+
+@dataclass(frozen=True)
+class RequestRejected:
+    request_id: str
+    param: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of blocks in use
+    num_preemptions: int  # since start
+
+
+@dataclass
+class StepOutputs:
+    deltas: list[RequestDelta]
+    stats: EngineStats
+    rejected: list[RequestRejected] = field(default_factory=list)
+
+
+# ---- the core ------------------------------------------------------------------------------------
+
+
+class DeltaTracker:
+    """Turns the engine's cumulative outputs into what is new since each request's last report."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, list[tuple[int, int]]] = {}  # request id -> per sample (chars, tokens)
+
+    def delta(self, out: RequestOutput) -> RequestDelta:
+        sent = self._sent.setdefault(out.request_id, [(0, 0)] * len(out.outputs))
+        completions = []
+        for c in out.outputs:
+            chars, tokens = sent[c.index]
+            completions.append(CompletionDelta(
+                c.index, c.text[chars:], c.token_ids[tokens:], c.logprobs[tokens:] if c.logprobs is not None else None,
+                c.finish_reason, c.stop_reason,
+            ))  # fmt: skip
+            sent[c.index] = (len(c.text), len(c.token_ids))
+        if out.finished:
+            del self._sent[out.request_id]
+        return RequestDelta(out.request_id, completions, out.finished, out.metrics)
+
+    def forget(self, request_id: str) -> None:
+        self._sent.pop(request_id, None)
+
+
+def run_engine_core(config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.queues.Queue) -> None:
+    """The core process's main: builds the engine, reports ready, then serves until Shutdown."""
+    from tokenmill.engine.engine import LLMEngine
+
+    engine = LLMEngine(config)
+    outbox.put(CoreReady(engine.max_model_len, engine.block_manager.num_blocks))
+    tracker = DeltaTracker()
+    while True:
+        messages: list[AddRequest | AbortRequest | Shutdown] = []
+        try:
+            messages.append(inbox.get(block=not engine.has_unfinished_requests()))
+            while True:
+                messages.append(inbox.get_nowait())
+        except queue.Empty:
+            pass
+        if any(isinstance(m, Shutdown) for m in messages):
+            return
+        rejected = [r for m in messages if (r := _handle(engine, tracker, m)) is not None]
+        deltas = [tracker.delta(out) for out in engine.step()] if engine.has_unfinished_requests() else []
+        if deltas or messages:
+            outbox.put(StepOutputs(deltas, _stats(engine), rejected))
+
+
+def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | AbortRequest) -> RequestRejected | None:
+    from tokenmill.engine.engine import InvalidRequestError
+
+    if isinstance(message, AbortRequest):
+        engine.abort_request(message.request_id)
+        tracker.forget(message.request_id)
+        return None
+    try:
+        engine.add_request(message.prompt_token_ids, message.params, message.request_id, message.priority)
+    except (InvalidRequestError, ValueError) as exc:
+        return RequestRejected(message.request_id, getattr(exc, "param", None), str(exc))
+    return None
+
+
+def _stats(engine: LLMEngine) -> EngineStats:
+    scheduler = engine.scheduler
+    return EngineStats(len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage,
+                       scheduler.num_preemptions)

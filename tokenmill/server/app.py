@@ -1,0 +1,231 @@
+"""The OpenAI-compatible HTTP API over an AsyncEngine: routes, auth, body limits, error bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+
+import tokenmill
+from tokenmill.config import EngineConfig
+from tokenmill.engine.async_engine import AsyncEngine
+from tokenmill.model.tokenizer import Tokenizer
+from tokenmill.server import responses
+from tokenmill.server.admission import AdmissionControl
+from tokenmill.server.config import ServerConfig
+from tokenmill.server.errors import APIError, bad_request
+from tokenmill.server.generation import RequestRun, ServerState
+from tokenmill.server.metrics import ServerMetrics
+from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+
+
+def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
+    metrics = ServerMetrics(config.served_model_name)
+    engine = AsyncEngine(engine_config, on_step=lambda out: metrics.observe_engine(out.stats))
+    state = ServerState(engine, config, metrics, AdmissionControl(config.max_queued_requests, config.max_queued_tokens))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        yield
+        await engine.shutdown()
+
+    app = FastAPI(title="tokenmill", version=tokenmill.__version__, lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    app.add_exception_handler(APIError, lambda request, exc: exc.response())
+    app.add_exception_handler(HTTPException, _http_error)
+    app.include_router(_public_routes(state))
+    app.include_router(_v1_routes(state, tokenizer), dependencies=[Depends(_auth(config.api_key))])
+    return app
+
+
+def _public_routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if state.engine.is_alive else 503)
+
+    @router.get("/version")
+    async def version() -> dict:
+        return {"version": tokenmill.__version__}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    model_name = state.config.served_model_name
+
+    @router.get("/models")
+    async def models() -> dict:
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tokenmill",
+                "max_model_len": state.engine.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    @router.post("/completions")
+    async def completions(request: Request) -> Response:
+        body: CompletionRequest = parse_body(await request.body(), CompletionRequest)
+        _check_model(body.model, model_name)
+        params = body.sampling_params()
+        prompt = body.prompt_input()
+        token_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else _checked_ids(prompt, tokenizer)
+        run = _start(state, token_ids, params, body.priority, "cmpl", "prompt")
+        if body.stream:
+            return _sse(_stream_completion(run, model_name, body.include_usage))
+        await _unless_disconnected(request, _consume(run))
+        return JSONResponse(responses.completion_body(run, model_name))
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
+        _check_model(body.model, model_name)
+        params = body.sampling_params()
+        try:
+            text = tokenizer.apply_chat_template(body.conversation(), body.add_generation_prompt)
+        except ValueError as exc:
+            raise bad_request(str(exc), "messages") from exc
+        run = _start(state, tokenizer.encode(text), params, body.priority, "chatcmpl", "messages")
+        if body.stream:
+            return _sse(_stream_chat(run, model_name, body.include_usage))
+        await _unless_disconnected(request, _consume(run))
+        return JSONResponse(responses.chat_body(run, model_name))
+
+    return router
+
+
+def _check_model(requested: str, served: str) -> None:
+    if requested != served:
+        raise APIError(404, f"the model {requested!r} does not exist; this server serves {served!r}",
+                       param="model", code="model_not_found")
+
+
+def _checked_ids(token_ids: list[int], tokenizer: Tokenizer) -> list[int]:
+    bad = [t for t in token_ids if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})", "prompt")
+    return token_ids
+
+
+def _start(state: ServerState, token_ids: list[int], params: Any, priority: int, kind: str, param: str) -> RequestRun:
+    if not state.engine.is_alive:
+        raise APIError(503, "the engine is not running", "server_error", code="engine_dead")
+    limit = state.engine.max_model_len
+    if len(token_ids) >= limit:
+        raise bad_request(f"the prompt has {len(token_ids)} tokens; the context holds {limit}, "
+                          f"leaving no room to generate", param)
+    run = RequestRun(state, token_ids, params, priority, kind)
+    run.admit()
+    return run
+
+
+async def _consume(run: RequestRun) -> None:
+    async with aclosing(run.deltas()) as deltas:
+        async for _ in deltas:
+            pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[None]) -> None:
+    """Runs work unless the client goes away first; then cancels it (which aborts the request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)  # let the abort run before leaving
+    if task.cancelled():
+        raise APIError(499, "the client closed the connection", code="client_closed")
+    task.result()  # re-raises an APIError for the client
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _stream_completion(run: RequestRun, model: str, include_usage: bool) -> AsyncIterator[str]:
+    offsets = [0] * run.params.n
+    try:
+        async with aclosing(run.deltas()) as deltas:
+            async for delta in deltas:
+                for c in delta.completions:
+                    if not responses.is_empty(c):
+                        yield responses.sse(responses.completion_chunk(run, model, c, offsets[c.index]))
+                        offsets[c.index] += len(c.text)
+        if include_usage:
+            yield responses.sse(responses.usage_chunk(run, model, "text_completion"))
+    except APIError as exc:
+        yield responses.sse(exc.body())
+    yield responses.sse("[DONE]")
+
+
+async def _stream_chat(run: RequestRun, model: str, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        for index in range(run.params.n):
+            yield responses.sse(responses.chat_chunk(run, model, index, {"role": "assistant", "content": ""}, None))
+        async with aclosing(run.deltas()) as deltas:
+            async for delta in deltas:
+                for c in delta.completions:
+                    if not responses.is_empty(c):
+                        yield responses.sse(responses.chat_chunk(run, model, c.index, {"content": c.text}, c))
+        if include_usage:
+            yield responses.sse(responses.usage_chunk(run, model, "chat.completion.chunk"))
+    except APIError as exc:
+        yield responses.sse(exc.body())
+    yield responses.sse("[DONE]")
+
+
+def _auth(api_key: str | None) -> Callable[[Request], None]:
+    def check(request: Request) -> None:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
+                           "authentication_error", code="invalid_api_key")
+
+    return check
+
+
+def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape too."""
+    return APIError(exc.status_code, str(exc.detail), "invalid_request_error").response()
+
+
+class BodySizeLimit:
+    """Refuses request bodies over max_bytes with a 413, by header or as they stream in."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = APIError(413, f"the request body exceeds {self.max_bytes} bytes", code="request_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await too_large.response()(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_large
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,26 @@
+"""ServerConfig: what `tokenmill serve` listens on and how it protects the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    served_model_name: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # None: no authentication
+    max_queued_requests: int = 256  # admitted but not yet producing tokens; past it, 429
+    max_queued_tokens: int = 262_144  # prompt tokens of those requests
+    retry_after_s: int = 1  # the Retry-After a 429 carries
+    request_timeout_s: float = 600.0
+    max_request_bytes: int = 4 << 20
+    drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight requests may take to finish
+
+    def __post_init__(self) -> None:
+        for name in ("max_queued_requests", "max_queued_tokens", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")

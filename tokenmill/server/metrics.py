@@ -1,0 +1,83 @@
+"""Prometheus metrics under vLLM's names with a `tokenmill:` prefix, in a registry of their own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from tokenmill.engine.core import EngineStats
+from tokenmill.outputs import RequestMetrics
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+
+        def histogram(name: str, doc: str) -> Histogram:
+            return Histogram(f"tokenmill:{name}", doc, labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"tokenmill:{name}", doc, labels, registry=self.registry)
+
+        self.time_to_first_token = histogram("time_to_first_token_seconds", "Time to first token, from arrival")
+        self.inter_token_latency = histogram("inter_token_latency_seconds", "Time between tokens of a request")
+        self.e2e_latency = histogram("e2e_request_latency_seconds", "End-to-end request latency")
+        self.queue_time = histogram("request_queue_time_seconds", "Time waiting before first scheduled")
+        self.prefill_time = histogram("request_prefill_time_seconds", "Time from first scheduled to first token")
+        self.decode_time = histogram("request_decode_time_seconds", "Time from first token to the last")
+        self.running = gauge("num_requests_running", "Sequences in the running batch")
+        self.waiting = gauge("num_requests_waiting", "Sequences waiting to be scheduled")
+        self.kv_usage = gauge("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full)")
+        self.prompt_tokens = Counter("tokenmill:prompt_tokens", "Prompt tokens of finished requests", labels,
+                                     registry=self.registry)
+        self.generation_tokens = Counter("tokenmill:generation_tokens", "Generated tokens", labels,
+                                         registry=self.registry)
+        self.preemptions = Counter("tokenmill:num_preemptions", "Sequences preempted for KV blocks", labels,
+                                   registry=self.registry)
+        self.success = Counter("tokenmill:request_success", "Requests finished, by reason",
+                               [*labels, "finished_reason"], registry=self.registry)
+        self.rejected = Counter("tokenmill:request_rejected", "Requests refused, by reason", [*labels, "reason"],
+                                registry=self.registry)
+        self.model_name = model_name
+        self._preemptions_seen = 0
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_engine(self, stats: EngineStats) -> None:
+        name = self.model_name
+        self.running.labels(name).set(stats.num_running)
+        self.waiting.labels(name).set(stats.num_waiting)
+        self.kv_usage.labels(name).set(stats.kv_cache_usage)
+        if stats.num_preemptions > self._preemptions_seen:
+            self.preemptions.labels(name).inc(stats.num_preemptions - self._preemptions_seen)
+            self._preemptions_seen = stats.num_preemptions
+
+    def observe_tokens(self, num_tokens: int, since_last_s: float | None) -> None:
+        """A request gained tokens; since_last_s is the gap since its previous ones (None: its first)."""
+        self.generation_tokens.labels(self.model_name).inc(num_tokens)
+        if since_last_s is not None:
+            self.inter_token_latency.labels(self.model_name).observe(since_last_s)
+
+    def observe_finished(
+        self, engine: RequestMetrics, ttft_s: float | None, e2e_s: float, num_prompt_tokens: int, reasons: list[str]
+    ) -> None:
+        name = self.model_name
+        if ttft_s is not None:
+            self.time_to_first_token.labels(name).observe(ttft_s)
+        self.e2e_latency.labels(name).observe(e2e_s)
+        if engine.first_scheduled_time is not None:
+            self.queue_time.labels(name).observe(engine.first_scheduled_time - engine.arrival_time)
+            if engine.first_token_time is not None:
+                self.prefill_time.labels(name).observe(engine.first_token_time - engine.first_scheduled_time)
+        if engine.first_token_time is not None and engine.finished_time is not None:
+            self.decode_time.labels(name).observe(engine.finished_time - engine.first_token_time)
+        self.prompt_tokens.labels(name).inc(num_prompt_tokens)
+        for reason in reasons:
+            self.success.labels(name, reason).inc()
+
+    def observe_rejected(self, reason: str) -> None:
+        self.rejected.labels(self.model_name, reason).inc()

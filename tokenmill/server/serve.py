@@ -1,0 +1,24 @@
+"""`tokenmill serve`: the engine core in its own process, the HTTP API on uvicorn in this one."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from tokenmill.config import EngineConfig
+from tokenmill.model.loader import load_tokenizer
+from tokenmill.server.app import build_app
+from tokenmill.server.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+
+def serve(engine_config: EngineConfig, config: ServerConfig) -> None:
+    """Serves until SIGINT or SIGTERM; on either, stops accepting, lets in-flight requests finish
+    (up to drain_timeout_s), then stops the engine."""
+    tokenizer = load_tokenizer(engine_config.model.model)
+    app = build_app(engine_config, config, tokenizer)
+    logger.info("serving %s at http://%s:%d", config.served_model_name, config.host, config.port)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info",
+                timeout_graceful_shutdown=config.drain_timeout_s)
