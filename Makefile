@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; the registry's default build pulls several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test bench clean
+.PHONY: install serve test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+serve: install
+	$(VENV)/bin/tokenmill serve
 
 test: install
 	$(PY) -m pytest -q

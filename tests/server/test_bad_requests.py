@@ -90,3 +90,10 @@ def test_bad_requests_do_not_disturb_one_in_flight(client, post, llm):
     worker.join(timeout=120)
     alone = llm.generate([prompt], SamplingParams(max_tokens=64, temperature=0), use_tqdm=False)[0].outputs[0].text
     assert "".join(chunks) == alone
+
+
+@pytest.mark.parametrize("extra", [{"seed": -7}, {"seed": 2**70}, {"top_k": 10**9}, {"stop_token_ids": [-1, 10**9]}])
+def test_odd_but_valid_values_are_served(post, extra):
+    response = post("completions", json.dumps({**COMPLETION, "temperature": 0.7, **extra}).encode())
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] >= 1

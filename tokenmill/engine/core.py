@@ -8,8 +8,11 @@ for the front end and the front end never waits for a step.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing.queues
+import os
 import queue
+import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +22,10 @@ from tokenmill.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from tokenmill.engine.engine import LLMEngine
+
+logger = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 1.0  # how often an idle core checks that its front end is still there
 
 
 # ---- messages in ---------------------------------------------------------------------------------
@@ -48,7 +55,6 @@ class Shutdown:
 @dataclass(frozen=True)
 class CoreReady:
     max_model_len: int
-    num_kv_blocks: int
 
 
 @dataclass
@@ -122,19 +128,22 @@ def run_engine_core(config: EngineConfig, inbox: multiprocessing.queues.Queue, o
     """The core process's main: builds the engine, reports ready, then serves until Shutdown."""
     from tokenmill.engine.engine import LLMEngine
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the front end, which sends Shutdown
+    parent = os.getppid()
     engine = LLMEngine(config)
-    outbox.put(CoreReady(engine.max_model_len, engine.block_manager.num_blocks))
+    outbox.put(CoreReady(engine.max_model_len))
     tracker = DeltaTracker()
     while True:
         messages: list[AddRequest | AbortRequest | Shutdown] = []
         try:
-            messages.append(inbox.get(block=not engine.has_unfinished_requests()))
+            idle = not engine.has_unfinished_requests()
+            messages.append(inbox.get(timeout=_IDLE_POLL_S) if idle else inbox.get_nowait())
             while True:
                 messages.append(inbox.get_nowait())
         except queue.Empty:
             pass
-        if any(isinstance(m, Shutdown) for m in messages):
-            return
+        if any(isinstance(m, Shutdown) for m in messages) or os.getppid() != parent:
+            return  # asked to, or orphaned: the front end is gone
         rejected = [r for m in messages if (r := _handle(engine, tracker, m)) is not None]
         deltas = [tracker.delta(out) for out in engine.step()] if engine.has_unfinished_requests() else []
         if deltas or messages:
@@ -150,8 +159,11 @@ def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | Abor
         return None
     try:
         engine.add_request(message.prompt_token_ids, message.params, message.request_id, message.priority)
-    except (InvalidRequestError, ValueError) as exc:
-        return RequestRejected(message.request_id, getattr(exc, "param", None), str(exc))
+    except InvalidRequestError as exc:
+        return RequestRejected(message.request_id, exc.param, str(exc))
+    except Exception as exc:  # whatever else a request can provoke, it must not stop the core
+        logger.exception("request %s refused", message.request_id)
+        return RequestRejected(message.request_id, None, f"the engine could not take the request: {exc}")
     return None
 
 

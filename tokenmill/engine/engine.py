@@ -106,7 +106,8 @@ class LLMEngine:
         for index in range(params.n):
             generator = None
             if params.seed is not None:
-                generator = torch.Generator(self.device).manual_seed(params.seed + index * 1_000_003)
+                seed = (params.seed + index * 1_000_003) % 2**63  # any integer the API takes
+                generator = torch.Generator(self.device).manual_seed(seed)
             source = seqs[0] if index > 0 and shares_prefix else None
             seqs.append(Sequence(next(self._seq_ids), request_id, index, token_ids, params, priority, generator, source))
         return seqs

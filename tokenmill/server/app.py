@@ -16,6 +16,7 @@ import tokenmill
 from tokenmill.config import EngineConfig
 from tokenmill.engine.async_engine import AsyncEngine
 from tokenmill.model.tokenizer import Tokenizer
+from tokenmill.sampling_params import SamplingParams
 from tokenmill.server import responses
 from tokenmill.server.admission import AdmissionControl
 from tokenmill.server.config import ServerConfig
@@ -117,7 +118,9 @@ def _checked_ids(token_ids: list[int], tokenizer: Tokenizer) -> list[int]:
     return token_ids
 
 
-def _start(state: ServerState, token_ids: list[int], params: Any, priority: int, kind: str, param: str) -> RequestRun:
+def _start(
+    state: ServerState, token_ids: list[int], params: SamplingParams, priority: int, kind: str, param: str
+) -> RequestRun:
     if not state.engine.is_alive:
         raise APIError(503, "the engine is not running", "server_error", code="engine_dead")
     limit = state.engine.max_model_len
