@@ -6,10 +6,9 @@ from collections.abc import Iterator, Sequence as Seq
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from tokenmill.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from tokenmill.config import EngineConfig
 from tokenmill.engine.engine import LLMEngine
 from tokenmill.outputs import RequestOutput
 from tokenmill.sampling_params import SamplingParams
@@ -18,28 +17,12 @@ PromptType = str | dict[str, Any]  # a string, or {"prompt_token_ids": [...]} / 
 
 
 class LLM:
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        *,
-        dtype: str | torch.dtype = "auto",
-        device: str = "auto",
-        seed: int = ModelConfig.seed,
-        block_size: int = CacheConfig.block_size,
-        max_num_seqs: int = SchedulerConfig.max_num_seqs,
-        max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens,
-        max_model_len: int | None = None,
-        kv_cache_memory: int | None = None,
-        kv_cache_memory_fraction: float = CacheConfig.kv_cache_memory_fraction,
-        attention_backend: str = ModelConfig.attention_backend,
-    ) -> None:
-        config = EngineConfig.create(
-            model, dtype=dtype, device=device, seed=seed, block_size=block_size, max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-            kv_cache_memory=kv_cache_memory, kv_cache_memory_fraction=kv_cache_memory_fraction,
-            attention_backend=attention_backend,
-        )  # fmt: skip
-        self.engine = LLMEngine(config)
+    def __init__(self, model: str | Path | None = None, **engine_options: Any) -> None:
+        """`model`: a GGUF file or a Hugging Face directory (None: the default model). The options
+        are vLLM's names, listed with their defaults in `EngineConfig.create`: dtype, device, seed,
+        block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory,
+        kv_cache_memory_fraction, attention_backend."""
+        self.engine = LLMEngine(EngineConfig.create(model, **engine_options))
         self.tokenizer = self.engine.tokenizer
 
     def generate(
