@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import socket
 import statistics
@@ -22,14 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
+from tokenmill.bench.chat_workloads import ChatRequest
+from tokenmill.bench.client import RequestRecord, Target, run_level
 from tokenmill.bench.report import command_line, cpu_model, load_average_note, markdown_table
+from tokenmill.bench.stats import percentile
 from tokenmill.bench.workloads import WorkloadRequest, offline_workload, spread_subset
 from tokenmill.model.default import DEFAULT_MODEL_NAME, default_model_path
 from tokenmill.model.loader import load_tokenizer
@@ -38,23 +40,20 @@ console = Console()
 
 
 @dataclass
-class RequestTiming:
-    ttft_s: float
-    itls_s: list[float]
-    e2e_s: float
-    output_tokens: int
-    text: str
-
-
-@dataclass
 class LevelResult:
     concurrency: int
     seconds: float
-    requests: list[RequestTiming] = field(default_factory=list)
+    requests: list[RequestRecord]
 
     @property
     def output_tps(self) -> float:
         return sum(r.output_tokens for r in self.requests) / self.seconds
+
+
+def drive(url: str, requests: list[WorkloadRequest], concurrency: int) -> LevelResult:
+    chats = [ChatRequest([{"role": "user", "content": r.prompt}], r.output_len) for r in requests]
+    seconds, records = asyncio.run(run_level(Target(f"{url}/v1", DEFAULT_MODEL_NAME), chats, concurrency))
+    return LevelResult(concurrency, seconds, records)
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,56 +100,17 @@ def start_server(log: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
-async def chat_stream(client: httpx.AsyncClient, url: str, request: WorkloadRequest) -> RequestTiming:
-    body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": request.prompt}],
-            "max_tokens": request.output_len, "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
-    start = time.perf_counter()
-    token_times: list[float] = []
-    text, output_tokens = "", 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                output_tokens = chunk["usage"]["completion_tokens"]
-            for choice in chunk["choices"]:
-                if choice["delta"].get("content"):
-                    token_times.append(time.perf_counter())
-                    text += choice["delta"]["content"]
-    end = time.perf_counter()
-    itls = [b - a for a, b in zip(token_times, token_times[1:])]
-    return RequestTiming(token_times[0] - start, itls, end - start, output_tokens, text)
-
-
-async def drive(url: str, requests: list[WorkloadRequest], concurrency: int) -> LevelResult:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(client: httpx.AsyncClient, request: WorkloadRequest) -> RequestTiming:
-        async with gate:
-            return await chat_stream(client, url, request)
-
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None)) as client:
-        start = time.perf_counter()
-        timings = await asyncio.gather(*(one(client, r) for r in requests))
-        return LevelResult(concurrency, time.perf_counter() - start, list(timings))
-
-
 # ---- report ----------------------------------------------------------------------------------------
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float]:
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[49], cuts[89], cuts[98]
+    return percentile(values, 50), percentile(values, 90), percentile(values, 99)
 
 
 def level_row(level: LevelResult, offline_tps: float) -> list[str]:
-    ttft = percentiles([r.ttft_s for r in level.requests])
-    itl = percentiles([x for r in level.requests for x in r.itls_s])
-    e2e = percentiles([r.e2e_s for r in level.requests])
+    ttft = percentiles([r.ttft for r in level.requests])
+    itl = percentiles([x for r in level.requests for x in r.itls])
+    e2e = percentiles([r.e2e for r in level.requests])
     ms = lambda triple: " / ".join(f"{1000 * x:.0f}" for x in triple)  # noqa: E731
     return [str(level.concurrency), str(len(level.requests)), f"{level.output_tps:.1f}",
             f"{level.output_tps / offline_tps:.2f}", ms(ttft), ms(itl), f"{' / '.join(f'{x:.1f}' for x in e2e)}"]
@@ -179,12 +139,12 @@ def main() -> None:
             tps, offline_texts = offline_round(llm, chat_prompts, args.output_len)
             offline_tps.append(tps)
             console.print(f"round {round_}/{args.rounds}: server at concurrency {top} ...")
-            top_levels.append(asyncio.run(drive(url, workload, top)))
+            top_levels.append(drive(url, workload, top))
         levels = {}
         for c in sorted(set(args.concurrency) - {top}):
             requests = spread_subset(workload, args.single_requests) if c == 1 else workload
             console.print(f"server at concurrency {c}, {len(requests)} requests ...")
-            levels[c] = asyncio.run(drive(url, requests, c))
+            levels[c] = drive(url, requests, c)
     finally:
         process.terminate()
         process.wait(60)

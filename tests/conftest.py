@@ -1,8 +1,11 @@
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
+from tests.live_server import API_KEY, RUNNING, RunningServer, start_server
 from tokenmill import LLM
 from tokenmill.model.default import default_model_path
 
@@ -41,3 +44,33 @@ def every_kv_block_comes_back() -> Iterator[None]:
         assert not engine.has_unfinished_requests()
         assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
         assert all(count == 0 for count in engine.block_manager.ref_counts)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture
+def post(server) -> Callable[..., httpx.Response]:
+    """Raw POSTs to /v1/<path>, with the API key."""
+
+    def send(path: str, content: bytes | None = None, **kwargs) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/{path}", content=content, headers=server.headers(), timeout=120, **kwargs)
+
+    return send
+
+
+@pytest.fixture(autouse=True)
+def every_server_ends_idle() -> Iterator[None]:
+    """After every test, each running server has nothing in flight and its whole KV pool free."""
+    yield
+    for running in list(RUNNING):
+        running.wait_idle()

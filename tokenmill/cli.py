@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenmill.bench.cli import add_bench_commands
 from tokenmill.config import ATTENTION_BACKENDS, DTYPE_CHOICES, CacheConfig, ModelConfig, SchedulerConfig
+from tokenmill.model.default import DEFAULT_MODEL_NAME
 from tokenmill.sampling_params import SamplingParams
+from tokenmill.server.config import API_KEY_ENV
 
-API_KEY_ENV = "TOKENMILL_API_KEY"
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -100,18 +102,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_name(args: argparse.Namespace) -> str:
+    """The name a model goes by in the API and in results: the file's or directory's stem."""
+    return DEFAULT_MODEL_NAME if args.model is None else Path(args.model).stem
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from tokenmill.config import EngineConfig
-    from tokenmill.model.default import DEFAULT_MODEL_NAME
     from tokenmill.server.config import ServerConfig
     from tokenmill.server.serve import serve
 
     if args.model_tag is not None:
         args.model = args.model_tag
     engine_config = EngineConfig.create(**engine_options(args))
-    name = args.served_model_name or (DEFAULT_MODEL_NAME if args.model is None else engine_config.model.model.stem)
     serve(engine_config, ServerConfig(
-        served_model_name=name, host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        served_model_name=args.served_model_name or model_name(args), host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         drain_timeout_s=args.drain_timeout,
@@ -160,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_args(serve)
     add_engine_args(serve)
     serve.set_defaults(run=cmd_serve)
+
+    add_bench_commands(commands, add_engine_args)
     return parser
 
 

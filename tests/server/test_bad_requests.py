@@ -6,7 +6,7 @@ import threading
 import openai
 import pytest
 
-from tests.server.conftest import MODEL
+from tests.live_server import MODEL
 from tokenmill import SamplingParams
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}

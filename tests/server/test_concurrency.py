@@ -4,7 +4,7 @@ import asyncio
 
 import openai
 
-from tests.server.conftest import API_KEY, MODEL
+from tests.live_server import API_KEY, MODEL
 from tokenmill import SamplingParams
 
 NUM_REQUESTS = 64

@@ -1,6 +1,6 @@
 """/metrics parses with prometheus-client's parser and counts what was sent."""
 
-from tests.server.conftest import MODEL
+from tests.live_server import MODEL
 
 PROMPTS = ["One", "Two words", "Three more words"]
 

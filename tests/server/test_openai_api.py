@@ -4,7 +4,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import MODEL
+from tests.live_server import MODEL
 from tokenmill import SamplingParams
 
 PROMPT = "The three primary colors are"

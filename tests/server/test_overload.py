@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY, MODEL, start_server
+from tests.live_server import API_KEY, MODEL, start_server
 
 LONG = "The mill wheel turned slowly in the evening light. " * 50  # ~500 tokens: a slow prefill
 

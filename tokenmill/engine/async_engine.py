@@ -80,7 +80,8 @@ class AsyncEngine:
                 message = self._outbox.get(timeout=_POLL_S)
             except queue.Empty:
                 if not self._process.is_alive():
-                    self._loop.call_soon_threadsafe(self._fail_all)
+                    if not self._stopping:
+                        self._loop.call_soon_threadsafe(self._fail_all)
                     return
                 continue
             self._loop.call_soon_threadsafe(self._dispatch, message)
@@ -97,8 +98,7 @@ class AsyncEngine:
             self._on_step(out)
 
     def _fail_all(self) -> None:
-        if not self._stopping:
-            logger.error("the engine core exited (exit code %s)", self._process.exitcode)
+        logger.error("the engine core exited (exit code %s)", self._process.exitcode)
         for stream in self._streams.values():
             stream.put_nowait(EngineDeadError("the engine core exited"))
 
@@ -137,3 +137,9 @@ class AsyncEngine:
             await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout)
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(timeout)
+        if hasattr(self, "_reader"):
+            await asyncio.get_running_loop().run_in_executor(None, self._reader.join)
+        for q in (self._inbox, self._outbox):  # release their pipes and semaphores now, not at exit
+            q.close()
+            q.join_thread()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+API_KEY_ENV = "TOKENMILL_API_KEY"  # the API key, when --api-key is not given
+
 
 @dataclass(frozen=True)
 class ServerConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 
 import uvicorn
 
@@ -19,6 +21,9 @@ def serve(engine_config: EngineConfig, config: ServerConfig) -> None:
     (up to drain_timeout_s), then stops the engine."""
     tokenizer = load_tokenizer(engine_config.model.model)
     app = build_app(engine_config, config, tokenizer)
+    # uvicorn drains on SIGTERM, then raises it again: make that an orderly exit, so multiprocessing
+    # releases the engine queues' semaphores instead of the process dying on the signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     logger.info("serving %s at http://%s:%d", config.served_model_name, config.host, config.port)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info",
                 timeout_graceful_shutdown=config.drain_timeout_s)

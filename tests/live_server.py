@@ -6,20 +6,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import openai
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenmill.model.default import DEFAULT_MODEL_NAME
 
 API_KEY = "test-key"
 MODEL = DEFAULT_MODEL_NAME
-_running: list["RunningServer"] = []
+RUNNING: list["RunningServer"] = []  # started and not yet stopped
 
 
 @dataclass
@@ -50,7 +47,7 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while True:
             idle = all(self.metric(f"tokenmill:{name}") == 0
-                       for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"))
+                       for name in ("num_requestsRUNNING", "num_requests_waiting", "kv_cache_usage_perc"))
             if idle:
                 return
             assert time.monotonic() < deadline, f"server not idle: {self.metrics()}"
@@ -64,13 +61,14 @@ class RunningServer:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM, then a clean exit: in-flight requests drained, the engine shut down. Once."""
-        if self not in _running:
+        if self not in RUNNING:
             return
         self.terminate()
         code = self.process.wait(timeout)
-        _running.remove(self)
-        assert code in (0, -signal.SIGTERM), f"exit code {code}: {self.log.read_text()[-3000:]}"
-        assert "Application shutdown complete" in self.log.read_text()
+        RUNNING.remove(self)
+        assert code == 0, f"exit code {code}: {self.log.read_text()[-3000:]}"
+        log = self.log.read_text()
+        assert "Application shutdown complete" in log and "leaked" not in log, log[-3000:]
 
 
 def start_server(tmp_dir: Path, *args: str) -> RunningServer:
@@ -92,35 +90,5 @@ def start_server(tmp_dir: Path, *args: str) -> RunningServer:
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    _running.append(server)
+    RUNNING.append(server)
     return server
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("server"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="session")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture
-def post(server) -> Callable[..., httpx.Response]:
-    """Raw POSTs to /v1/<path>, with the API key."""
-
-    def send(path: str, content: bytes | None = None, **kwargs) -> httpx.Response:
-        return httpx.post(f"{server.url}/v1/{path}", content=content, headers=server.headers(), timeout=120, **kwargs)
-
-    return send
-
-
-@pytest.fixture(autouse=True)
-def every_server_ends_idle() -> Iterator[None]:
-    """After every test, each running server has nothing in flight and its whole KV pool free."""
-    yield
-    for running in list(_running):
-        running.wait_idle()

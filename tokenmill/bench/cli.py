@@ -1,0 +1,184 @@
+"""`tokenmill bench serve | offline | compare`: measure any OpenAI-compatible server, or the engine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+
+from tokenmill.bench.chat_workloads import (
+    WORKLOADS, ChatRequest, WorkloadSpec, build_workload, load_workload, save_workload,
+)  # fmt: skip
+from tokenmill.bench.client import RequestRecord, Target, run_level
+from tokenmill.bench.results import BenchRun, LevelResult
+from tokenmill.bench.stats import parse_slo
+from tokenmill.bench.tables import print_comparison, print_level
+from tokenmill.server.config import API_KEY_ENV
+
+console = Console()
+
+
+def add_bench_commands(commands: argparse._SubParsersAction, add_engine_args: Callable) -> None:
+    bench = commands.add_parser("bench", help="benchmark a server or the engine")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+
+    serve = kinds.add_parser("serve", help="drive an OpenAI-compatible server with streaming chat requests")
+    serve.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    serve.add_argument("--model", default=None, help="the model name to request (default: the server's first)")
+    serve.add_argument("--api-key", default=None, help=f"or set {API_KEY_ENV}")
+    load = serve.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", default="1,8,32", help="comma-separated levels of requests in flight")
+    load.add_argument("--request-rate", default=None, help="comma-separated Poisson arrival rates (requests/s)")
+    _add_workload_args(serve)
+    _add_output_args(serve)
+    serve.set_defaults(run=cmd_bench_serve)
+
+    offline = kinds.add_parser("offline", help="run the engine in-process on the same workloads")
+    _add_workload_args(offline, seed=False)
+    _add_output_args(offline)
+    add_engine_args(offline)
+    offline.set_defaults(run=cmd_bench_offline)
+
+    compare = kinds.add_parser("compare", help="two results files side by side, with ratios")
+    compare.add_argument("a", type=Path)
+    compare.add_argument("b", type=Path)
+    compare.set_defaults(run=cmd_bench_compare)
+
+
+def _add_workload_args(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+    """seed: False where the engine's own --seed (also the workload's) is on the parser."""
+    parser.add_argument("--workload", default="chat", help=f"{', '.join(WORKLOADS)}, or a .jsonl workload file")
+    parser.add_argument("--num-requests", default="64",
+                        help="requests per level; a comma-separated list gives each level its own count")
+    parser.add_argument("--input-len", type=_length_range, default=None, help="tokens: N or MIN:MAX")
+    parser.add_argument("--output-len", type=_length_range, default=None, help="tokens: N or MIN:MAX")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="model whose tokenizer measures lengths (default: the default model)")
+    parser.add_argument("--save-workload", type=Path, default=None, help="write the workload as .jsonl")
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slo", default=None, help="goodput SLO in seconds, e.g. ttft=0.5,itl=0.1")
+    parser.add_argument("--out", type=Path, default=None, help="keep every number as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="write PNGs into this directory")
+
+
+def _length_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    bounds = (int(low), int(high or low))
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"need 1 <= MIN <= MAX, got {text!r}")
+    return bounds
+
+
+def _counts(args: argparse.Namespace) -> list[int]:
+    counts = [int(x) for x in args.num_requests.split(",")]
+    if min(counts) < 1:
+        raise SystemExit(f"--num-requests must be >= 1, got {args.num_requests}")
+    return counts
+
+
+def _workload(args: argparse.Namespace) -> tuple[str, list[ChatRequest]]:
+    if args.workload.endswith(".jsonl"):
+        requests = load_workload(Path(args.workload))
+        name = Path(args.workload).stem
+    else:
+        from tokenmill.model.default import default_model_path
+        from tokenmill.model.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer or default_model_path())
+        spec = WorkloadSpec(args.workload, max(_counts(args)), args.input_len, args.output_len, args.seed)
+        requests, name = build_workload(spec, tokenizer), args.workload
+    if args.save_workload is not None:
+        save_workload(requests, args.save_workload)
+    return name, requests
+
+
+def _finish(args: argparse.Namespace, run: BenchRun) -> None:
+    for level in run.levels:
+        print_level(console, run, level)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        run.save(args.out)
+        console.print(f"results: {args.out}")
+    if args.plot is not None:
+        from tokenmill.bench.plots import write_plots
+
+        for path in write_plots(run, args.plot):
+            console.print(f"plot: {path}")
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    base_url = args.base_url.rstrip("/")
+    base_url = base_url if base_url.endswith("/v1") else f"{base_url}/v1"
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    model = args.model or _first_model(base_url, api_key)
+    workload, requests = _workload(args)
+    target = Target(base_url, model, api_key)
+    slo = parse_slo(args.slo)
+    if args.request_rate is not None:
+        loads = [dict(request_rate=float(x)) for x in args.request_rate.split(",")]
+    else:
+        loads = [dict(concurrency=int(x)) for x in args.concurrency.split(",")]
+    counts = _counts(args)
+    if len(counts) not in (1, len(loads)):
+        raise SystemExit(f"--num-requests gives {len(counts)} counts for {len(loads)} levels")
+    levels = []
+    with Progress(console=console, transient=True) as progress:
+        for load, count in zip(loads, counts * len(loads) if len(counts) == 1 else counts):
+            label = f"concurrency {load['concurrency']}" if "concurrency" in load else f"{load['request_rate']} req/s"
+            task = progress.add_task(label, total=count)
+            seconds, records = asyncio.run(run_level(target, requests[:count], seed=args.seed,
+                                                     on_done=lambda: progress.advance(task), **load))
+            levels.append(LevelResult(load.get("concurrency"), load.get("request_rate"), seconds, records, slo))
+    _finish(args, _run("serve", model, workload, base_url, levels))
+    return 0
+
+
+def _first_model(base_url: str, api_key: str | None) -> str:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(f"{base_url}/models", headers=headers, timeout=30)
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
+def cmd_bench_offline(args: argparse.Namespace) -> int:
+    from tokenmill.cli import build_llm, model_name
+    from tokenmill.sampling_params import SamplingParams
+
+    workload, requests = _workload(args)
+    llm = build_llm(args)
+    prompts = [llm.tokenizer.apply_chat_template(r.messages) for r in requests]
+    params = [SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True) for r in requests]
+    start_wall, start = time.perf_counter(), time.monotonic()
+    outputs = llm.generate(prompts, params)
+    seconds = time.perf_counter() - start_wall
+    records = [RequestRecord(start=o.metrics.arrival_time - start, end=o.metrics.finished_time - start,
+                             token_times=[o.metrics.first_token_time - start], prompt_tokens=len(o.prompt_token_ids),
+                             output_tokens=len(o.outputs[0].token_ids)) for o in outputs]  # fmt: skip
+    level = LevelResult(len(requests), None, seconds, records, parse_slo(args.slo))
+    _finish(args, _run("offline", model_name(args), workload, "in-process", [level]))
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    print_comparison(console, BenchRun.load(args.a), BenchRun.load(args.b), args.a.name, args.b.name)
+    return 0
+
+
+def _run(kind: str, model: str, workload: str, target: str, levels: list[LevelResult]) -> BenchRun:
+    command = shlex.join(["tokenmill", *sys.argv[1:]])
+    return BenchRun(kind, model, workload, target, datetime.datetime.now().isoformat(timespec="seconds"), command,
+                    levels)
