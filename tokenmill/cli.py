@@ -33,6 +33,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-memory-fraction", type=float, default=CacheConfig.kv_cache_memory_fraction,
                         help="KV cache budget as a fraction of available memory, when --kv-cache-memory is unset")
     parser.add_argument("--attention-backend", default=ModelConfig.attention_backend, choices=ATTENTION_BACKENDS)
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                        default=CacheConfig.enable_prefix_caching, help="reuse the KV of shared prompt prefixes")
+    parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        help="the same as --no-enable-prefix-caching")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -49,6 +53,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
+        enable_prefix_caching=args.enable_prefix_caching,
     )  # fmt: skip
 
 

@@ -54,6 +54,7 @@ class CacheConfig:
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; None: kv_cache_memory_fraction of available memory
     kv_cache_memory_fraction: float = 0.1
+    enable_prefix_caching: bool = True  # reuse the KV of prompt prefixes seen before
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -101,6 +102,7 @@ class EngineConfig:
         kv_cache_memory: int | None = None,
         kv_cache_memory_fraction: float = CacheConfig.kv_cache_memory_fraction,
         attention_backend: str = ModelConfig.attention_backend,
+        enable_prefix_caching: bool = CacheConfig.enable_prefix_caching,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model."""
         from tokenmill.model.default import default_model_path
@@ -115,6 +117,6 @@ class EngineConfig:
         )
         return cls(
             model_config,
-            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction),
+            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens),
         )

@@ -44,3 +44,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False, default=None)  # type: ignore[assignment]
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache supplied (known once scheduled)

@@ -23,6 +23,7 @@ def test_counters_match_the_requests_sent(server, client):
     assert grew("tokenmill:request_success_total", (("finished_reason", "length"), *label)) == len(PROMPTS)
     assert grew("tokenmill:generation_tokens_total") == 5 * len(PROMPTS)
     assert grew("tokenmill:prompt_tokens_total") == prompt_tokens
+    assert grew("tokenmill:prefix_cache_queries_total") == prompt_tokens
     for histogram in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds",
                       "request_prefill_time_seconds", "request_decode_time_seconds"):
         assert grew(f"tokenmill:{histogram}_count") == len(PROMPTS), histogram

@@ -114,3 +114,12 @@ def test_every_v1_route_needs_the_api_key(server):
     for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions")]:
         assert httpx.request(method, f"{server.url}{path}", json={}).status_code == 401
     assert httpx.get(f"{server.url}/health").status_code == 200  # outside /v1: open
+
+
+def test_a_repeated_conversation_reports_its_cached_prompt_tokens(client):
+    messages = [{"role": "system", "content": "You are terse. " * 40}, *QUESTION]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+    assert first.usage.prompt_tokens > 100
+    assert again.usage.prompt_tokens_details.cached_tokens == (first.usage.prompt_tokens - 1) // 16 * 16
+    assert again.choices[0].message.content == first.choices[0].message.content

@@ -167,6 +167,7 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start_wall
     records = [RequestRecord(start=o.metrics.arrival_time - start, end=o.metrics.finished_time - start,
                              token_times=[o.metrics.first_token_time - start], prompt_tokens=len(o.prompt_token_ids),
+                             cached_tokens=o.num_cached_tokens,
                              output_tokens=len(o.outputs[0].token_ids)) for o in outputs]  # fmt: skip
     level = LevelResult(len(requests), None, seconds, records, parse_slo(args.slo))
     _finish(args, _run("offline", model_name(args), workload, "in-process", [level]))

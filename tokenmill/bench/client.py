@@ -28,6 +28,7 @@ class RequestRecord:
     end: float = 0.0
     token_times: list[float] = field(default_factory=list)  # each content chunk's arrival
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the server's prefix cache supplied, as it reports them
     output_tokens: int = 0
     error: str | None = None
     text: str = ""  # the generated text (choice 0)
@@ -76,9 +77,10 @@ async def _send(client: httpx.AsyncClient, target: Target, request: ChatRequest,
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    record.prompt_tokens = chunk["usage"]["prompt_tokens"]
-                    record.output_tokens = chunk["usage"]["completion_tokens"]
+                if usage := chunk.get("usage"):
+                    record.prompt_tokens = usage["prompt_tokens"]
+                    record.output_tokens = usage["completion_tokens"]
+                    record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
                 content = "".join(c.get("delta", {}).get("content") or "" for c in chunk.get("choices", []))
                 if content:
                     record.token_times.append(time.perf_counter() - clock0)

@@ -45,6 +45,7 @@ class LevelSummary:
     total_tps: float
     prompt_tokens: int
     output_tokens: int
+    cache_hit_rate: float  # the share of prompt tokens the server's prefix cache supplied
     ttft: Latency | None
     itl: Latency | None
     tpot: Latency | None
@@ -84,6 +85,7 @@ def summarize(seconds: float, records: list[RequestRecord], slo: dict[str, float
         total_tps=(prompt + output) / seconds,
         prompt_tokens=prompt,
         output_tokens=output,
+        cache_hit_rate=sum(r.cached_tokens for r in ok) / prompt if prompt else 0.0,
         ttft=Latency.of([r.ttft for r in ok]),
         itl=Latency.of([gap for r in ok for gap in r.itls]),
         tpot=Latency.of([t for r in ok if (t := r.tpot) is not None]),

@@ -19,6 +19,7 @@ def summary_rows(s: LevelSummary) -> list[tuple[str, str]]:
         ("output tokens/s", f"{s.output_tps:.1f}"),
         ("total tokens/s", f"{s.total_tps:.1f}"),
         ("prompt / output tokens", f"{s.prompt_tokens} / {s.output_tokens}"),
+        ("prefix cache hit rate", f"{100 * s.cache_hit_rate:.1f}%"),
     ]
     for key, name in LATENCY_NAMES.items():
         rows.append((f"{name} p50/p90/p99/max (ms)", _latency(getattr(s, key))))

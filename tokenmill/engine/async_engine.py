@@ -106,7 +106,8 @@ class AsyncEngine:
         return f"{prefix}-{next(self._ids)}"
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """The request's deltas as the core produces them. Leaving early (an exception, a
         cancelled task, a closed generator) aborts the request in the core and frees its blocks."""
@@ -114,7 +115,7 @@ class AsyncEngine:
             raise EngineDeadError("the engine core is not running")
         stream: asyncio.Queue[RequestDelta | Exception] = asyncio.Queue()
         self._streams[request_id] = stream
-        self._inbox.put(AddRequest(request_id, prompt_token_ids, params, priority))
+        self._inbox.put(AddRequest(request_id, prompt_token_ids, params, priority, cache_salt))
         finished = False
         try:
             while not finished:

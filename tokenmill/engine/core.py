@@ -37,6 +37,7 @@ class AddRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = 0
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class RequestDelta:
     completions: list[CompletionDelta]
     finished: bool
     metrics: RequestMetrics
+    num_cached_tokens: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class EngineStats:
     num_waiting: int
     kv_cache_usage: float  # fraction of blocks in use
     num_preemptions: int  # since start
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache, since start
+    prefix_cache_hits: int = 0  # of those, tokens found
 
 
 @dataclass
@@ -118,7 +122,7 @@ class DeltaTracker:
             sent[c.index] = (len(c.text), len(c.token_ids))
         if out.finished:
             del self._sent[out.request_id]
-        return RequestDelta(out.request_id, completions, out.finished, out.metrics)
+        return RequestDelta(out.request_id, completions, out.finished, out.metrics, out.num_cached_tokens)
 
     def forget(self, request_id: str) -> None:
         self._sent.pop(request_id, None)
@@ -158,7 +162,8 @@ def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | Abor
         tracker.forget(message.request_id)
         return None
     try:
-        engine.add_request(message.prompt_token_ids, message.params, message.request_id, message.priority)
+        engine.add_request(message.prompt_token_ids, message.params, message.request_id, message.priority,
+                           message.cache_salt)
     except InvalidRequestError as exc:
         return RequestRejected(message.request_id, exc.param, str(exc))
     except Exception as exc:  # whatever else a request can provoke, it must not stop the core
@@ -168,6 +173,7 @@ def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | Abor
 
 
 def _stats(engine: LLMEngine) -> EngineStats:
-    scheduler = engine.scheduler
+    scheduler, cache = engine.scheduler, engine.block_manager.prefix_cache
     return EngineStats(len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage,
-                       scheduler.num_preemptions)
+                       scheduler.num_preemptions, cache.num_queried_tokens if cache is not None else 0,
+                       cache.num_hit_tokens if cache is not None else 0)

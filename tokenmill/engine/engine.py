@@ -15,6 +15,7 @@ from tokenmill.engine.request import Request, append_token
 from tokenmill.engine.scheduler import Scheduler, SchedulerOutput, shared_prefix_len
 from tokenmill.engine.sequence import Sequence
 from tokenmill.kv.block_manager import BlockManager
+from tokenmill.kv.prefix_cache import PrefixCache
 from tokenmill.model.loader import load_model
 from tokenmill.outputs import RequestOutput
 from tokenmill.runner.model_runner import ModelRunner, RunnerOutput
@@ -37,7 +38,8 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.arch = loaded.arch
         self.runner = ModelRunner(loaded, config.model, config.cache)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size)
+        prefix_cache = PrefixCache() if config.cache.enable_prefix_caching else None
+        self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size, prefix_cache)
         self.max_model_len = self._max_model_len(config.model.max_model_len)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
         self.device = config.model.device
@@ -59,14 +61,15 @@ class LLMEngine:
     # ---- requests in -------------------------------------------------------------------------
 
     def add_request(
-        self, prompt: str | Seq[int], params: SamplingParams, request_id: str | None = None, priority: int = 0
+        self, prompt: str | Seq[int], params: SamplingParams, request_id: str | None = None, priority: int = 0,
+        cache_salt: str | None = None,
     ) -> str:
         request_id = request_id if request_id is not None else str(next(self._request_ids))
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"request id {request_id!r} is already in use")
         text, token_ids = self._tokenize(prompt)
         self._check_length(len(token_ids))
-        seqs = self._make_sequences(request_id, token_ids, params, priority)
+        seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt)
         detoks = [
             IncrementalDetokenizer(self.tokenizer, token_ids, params.stop_strings, params.include_stop_str_in_output,
                                    params.skip_special_tokens)
@@ -99,7 +102,7 @@ class LLMEngine:
             )
 
     def _make_sequences(
-        self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int
+        self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int, cache_salt: str | None
     ) -> list[Sequence]:
         seqs: list[Sequence] = []
         shares_prefix = shared_prefix_len(len(token_ids), self.block_manager.block_size) > 0
@@ -109,7 +112,8 @@ class LLMEngine:
                 seed = (params.seed + index * 1_000_003) % 2**63  # any integer the API takes
                 generator = torch.Generator(self.device).manual_seed(seed)
             source = seqs[0] if index > 0 and shares_prefix else None
-            seqs.append(Sequence(next(self._seq_ids), request_id, index, token_ids, params, priority, generator, source))
+            seqs.append(Sequence(next(self._seq_ids), request_id, index, token_ids, params, priority, generator, source,
+                                 cache_salt))
         return seqs
 
     def abort_request(self, request_id: str) -> None:

@@ -34,6 +34,7 @@ class Request:
             outputs=[self._completion(seq, detok) for seq, detok in zip(self.seqs, self.detokenizers)],
             finished=self.finished,
             metrics=self.metrics,
+            num_cached_tokens=self.seqs[0].num_cached_tokens or 0,
         )
 
     @staticmethod

@@ -5,7 +5,9 @@ tokens catch up with its known tokens. A decode is a sequence one token behind; 
 one many tokens behind and may take several steps (chunks). Running sequences go first, in
 priority order; waiting ones are admitted while blocks, seats and budget last. When blocks run
 out, the lowest-priority, newest running sequence is preempted: its blocks are freed and it
-is recomputed later from its tokens.
+is recomputed later from its tokens. With a prefix cache, a sequence being admitted first takes
+the cached blocks of its longest cached prefix, and every block a step fills is named in the
+cache, so that a preempted sequence, a later turn or another request can take it back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from tokenmill.config import SchedulerConfig
 from tokenmill.engine.sequence import Sequence, SequenceStatus
 from tokenmill.kv.block_manager import BlockManager
+from tokenmill.kv.prefix_cache import PrefixCache, chain_hashes
 
 
 @dataclass
@@ -85,9 +88,10 @@ class Scheduler:
                 return
             if not self._take_shared_prefix(seq):
                 continue  # its prompt's computing sample is not far enough yet
+            self._take_cached_prefix(seq)
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.block_manager.can_allocate(seq.block_table, seq.num_computed_tokens + num_tokens):
-                self._release_shared_prefix(seq)
+                self._release_prefix(seq)
                 return
             self.block_manager.allocate(seq.block_table, seq.num_computed_tokens + num_tokens)
             self.waiting.remove(seq)
@@ -109,24 +113,54 @@ class Scheduler:
             return False
         seq.block_table = self.block_manager.share(source.block_table[: shared // self.block_manager.block_size])
         seq.num_computed_tokens = shared
+        seq.num_cached_blocks = len(seq.block_table)  # the source names them in the cache
         return True
 
-    def _release_shared_prefix(self, seq: Sequence) -> None:
-        if seq.prefix_source is not None and seq.block_table:
+    def _take_cached_prefix(self, seq: Sequence) -> None:
+        """Reuses the blocks of the longest cached prefix of seq's tokens, always leaving one token
+        to compute (its logits are needed)."""
+        cache = self.block_manager.prefix_cache
+        if cache is None or seq.block_table:
+            return
+        block_size = self.block_manager.block_size
+        chain_hashes(seq.token_ids, block_size, (seq.num_tokens - 1) // block_size, seq.block_hashes, seq.cache_salt)
+        blocks = cache.lookup(seq.block_hashes[: (seq.num_tokens - 1) // block_size])
+        seq.block_table = self.block_manager.share(blocks)
+        seq.num_cached_blocks = len(blocks)
+        seq.num_computed_tokens = len(blocks) * block_size
+        if seq.num_cached_tokens is None:  # first admission: what the response reports
+            seq.num_cached_tokens = min(seq.num_computed_tokens, seq.num_prompt_tokens)
+            cache.record_query(seq.num_prompt_tokens, seq.num_cached_tokens)
+
+    def _release_prefix(self, seq: Sequence) -> None:
+        """Gives back blocks taken for seq (shared or cached) when it cannot be admitted after all."""
+        if seq.block_table:
             self.block_manager.free(seq.block_table)
-            seq.num_computed_tokens = 0
+            seq.num_computed_tokens = seq.num_cached_blocks = 0
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq.block_table)
-        seq.num_computed_tokens = 0
+        seq.num_computed_tokens = seq.num_cached_blocks = 0
         self.num_preemptions += 1
         self.add(seq)
 
     def update(self, out: SchedulerOutput) -> None:
-        """Records the tokens the step computed."""
+        """Records the tokens the step computed; names the blocks they filled in the prefix cache."""
+        cache = self.block_manager.prefix_cache
         for seq, num_tokens in zip(out.seqs, out.num_new_tokens):
             seq.num_computed_tokens += num_tokens
+            if cache is not None:
+                self._cache_full_blocks(seq, cache)
+
+    def _cache_full_blocks(self, seq: Sequence, cache: PrefixCache) -> None:
+        num_full = seq.num_computed_tokens // self.block_manager.block_size
+        if num_full <= seq.num_cached_blocks:
+            return
+        chain_hashes(seq.token_ids, self.block_manager.block_size, num_full, seq.block_hashes, seq.cache_salt)
+        for i in range(seq.num_cached_blocks, num_full):
+            cache.insert(seq.block_table[i], seq.block_hashes[i])
+        seq.num_cached_blocks = num_full
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         """Ends a sequence and frees its blocks at once."""

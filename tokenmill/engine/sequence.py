@@ -32,6 +32,7 @@ class Sequence:
     generator: torch.Generator | None = None  # set when the request has a seed
     # n > 1: the sample that computes the shared prompt; this one reuses its full blocks.
     prefix_source: Sequence | None = None
+    cache_salt: str | None = None  # prefix caching: requests with different salts share no blocks
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
@@ -40,6 +41,11 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     arrival_order: int = field(init=False, default_factory=lambda: next(_arrival_counter))
+    # Prefix caching: the hash chain of the full blocks seen so far, how many of the table's blocks
+    # are named in the cache, and how many prompt tokens the cache supplied at first admission.
+    block_hashes: list[int] = field(default_factory=list)
+    num_cached_blocks: int = 0
+    num_cached_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -1,23 +1,32 @@
-"""The KV block pool's bookkeeping: a free list and reference counts, pure Python over ids.
+"""The KV block pool's bookkeeping: a free queue and reference counts, pure Python over ids.
 
 A sequence owns a block table (a list of block ids); its token i lives in block
 table[i // block_size] at offset i % block_size. Blocks are taken only as tokens arrive,
 never reserved for a sequence's maximum length.
+
+With a prefix cache, a block no one references keeps its content (and its name in the cache)
+while it waits in the free queue; a request that needs that content takes it back out. New
+blocks come from the front of the queue, the least recently freed, and that is when a cached
+block's content is evicted. Tables are freed tail first, so a prefix's leaves go before their
+parents.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
+
+from tokenmill.kv.prefix_cache import PrefixCache
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, prefix_cache: PrefixCache | None = None) -> None:
         if num_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.ref_counts = [0] * num_blocks
-        self._free: deque[int] = deque(range(num_blocks))
+        self.prefix_cache = prefix_cache
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # front: reused first
 
     @property
     def num_free_blocks(self) -> int:
@@ -40,20 +49,29 @@ class BlockManager:
         if needed > self.num_free_blocks:
             raise RuntimeError(f"out of KV blocks: need {needed}, {self.num_free_blocks} free")
         for _ in range(needed):
-            block_id = self._free.popleft()
+            block_id, _ = self._free.popitem(last=False)
+            if self.prefix_cache is not None:
+                self.prefix_cache.evict(block_id)
             self.ref_counts[block_id] = 1
             block_table.append(block_id)
 
     def share(self, block_ids: list[int]) -> list[int]:
-        """A new table referencing the same blocks (a forked sequence's common prefix)."""
+        """A new table referencing the same blocks: a forked sequence's prefix, or cached blocks
+        (which may sit in the free queue, unreferenced, until taken)."""
         for block_id in block_ids:
+            if self.ref_counts[block_id] == 0:
+                del self._free[block_id]
             self.ref_counts[block_id] += 1
         return list(block_ids)
 
     def free(self, block_table: list[int]) -> None:
-        """Drops the table's references; blocks no one references go back to the free list."""
+        """Drops the table's references, tail first; blocks no one references join the free queue."""
         for block_id in reversed(block_table):
             self.ref_counts[block_id] -= 1
             if self.ref_counts[block_id] == 0:
-                self._free.append(block_id)
+                self._free[block_id] = None
         block_table.clear()
+
+    def free_block_ids(self) -> list[int]:
+        """The free queue, front (reused first) to back."""
+        return list(self._free)

@@ -81,7 +81,7 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
         params = body.sampling_params()
         prompt = body.prompt_input()
         token_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else _checked_ids(prompt, tokenizer)
-        run = _start(state, token_ids, params, body.priority, "cmpl", "prompt")
+        run = _start(state, token_ids, params, body, "cmpl", "prompt")
         if body.stream:
             return _sse(_stream_completion(run, model_name, body.include_usage))
         await _unless_disconnected(request, _consume(run))
@@ -96,7 +96,7 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
             text = tokenizer.apply_chat_template(body.conversation(), body.add_generation_prompt)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
-        run = _start(state, tokenizer.encode(text), params, body.priority, "chatcmpl", "messages")
+        run = _start(state, tokenizer.encode(text), params, body, "chatcmpl", "messages")
         if body.stream:
             return _sse(_stream_chat(run, model_name, body.include_usage))
         await _unless_disconnected(request, _consume(run))
@@ -119,7 +119,8 @@ def _checked_ids(token_ids: list[int], tokenizer: Tokenizer) -> list[int]:
 
 
 def _start(
-    state: ServerState, token_ids: list[int], params: SamplingParams, priority: int, kind: str, param: str
+    state: ServerState, token_ids: list[int], params: SamplingParams, body: CompletionRequest | ChatCompletionRequest,
+    kind: str, param: str,
 ) -> RequestRun:
     if not state.engine.is_alive:
         raise APIError(503, "the engine is not running", "server_error", code="engine_dead")
@@ -127,7 +128,7 @@ def _start(
     if len(token_ids) >= limit:
         raise bad_request(f"the prompt has {len(token_ids)} tokens; the context holds {limit}, "
                           f"leaving no room to generate", param)
-    run = RequestRun(state, token_ids, params, priority, kind)
+    run = RequestRun(state, token_ids, params, body.priority, kind, body.cache_salt)
     run.admit()
     return run
 

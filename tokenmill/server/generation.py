@@ -41,11 +41,13 @@ class Choice:
 
 class RequestRun:
     def __init__(self, state: ServerState, prompt_token_ids: list[int], params: SamplingParams, priority: int,
-                 kind: str) -> None:  # fmt: skip
+                 kind: str, cache_salt: str | None = None) -> None:  # fmt: skip
         self.state = state
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.priority = priority
+        self.cache_salt = cache_salt
+        self.num_cached_tokens = 0
         self.request_id = state.engine.new_request_id(kind)
         self.created = int(time.time())
         self.arrival = time.monotonic()
@@ -72,7 +74,8 @@ class RequestRun:
         assert ticket is not None, "admit() first"
         deadline = self.arrival + state.config.request_timeout_s
         try:
-            stream = state.engine.generate(self.request_id, self.prompt_token_ids, self.params, self.priority)
+            stream = state.engine.generate(self.request_id, self.prompt_token_ids, self.params, self.priority,
+                                           self.cache_salt)
             async with aclosing(stream):
                 while True:
                     try:
@@ -96,6 +99,7 @@ class RequestRun:
 
     def _fold(self, delta: RequestDelta) -> None:
         now = time.monotonic()
+        self.num_cached_tokens = delta.num_cached_tokens
         num_tokens = 0
         for c in delta.completions:
             choice = self.choices[c.index]
@@ -123,7 +127,7 @@ class RequestRun:
         completion = sum(c.num_tokens for c in self.choices)
         prompt = len(self.prompt_token_ids)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": 0}}
+                "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens}}
 
     def timings(self) -> dict:
         """Milliseconds: queue (arrival to first scheduled), time to first token, decode, end to end."""

@@ -37,12 +37,16 @@ class ServerMetrics:
                                          registry=self.registry)
         self.preemptions = Counter("tokenmill:num_preemptions", "Sequences preempted for KV blocks", labels,
                                    registry=self.registry)
+        self.prefix_queries = Counter("tokenmill:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                      labels, registry=self.registry)
+        self.prefix_hits = Counter("tokenmill:prefix_cache_hits", "Prompt tokens the prefix cache supplied", labels,
+                                   registry=self.registry)
         self.success = Counter("tokenmill:request_success", "Requests finished, by reason",
                                [*labels, "finished_reason"], registry=self.registry)
         self.rejected = Counter("tokenmill:request_rejected", "Requests refused, by reason", [*labels, "reason"],
                                 registry=self.registry)
         self.model_name = model_name
-        self._preemptions_seen = 0
+        self._seen = EngineStats(0, 0, 0.0, 0)  # the cumulative counts already added
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -52,9 +56,11 @@ class ServerMetrics:
         self.running.labels(name).set(stats.num_running)
         self.waiting.labels(name).set(stats.num_waiting)
         self.kv_usage.labels(name).set(stats.kv_cache_usage)
-        if stats.num_preemptions > self._preemptions_seen:
-            self.preemptions.labels(name).inc(stats.num_preemptions - self._preemptions_seen)
-            self._preemptions_seen = stats.num_preemptions
+        seen = self._seen
+        self.preemptions.labels(name).inc(stats.num_preemptions - seen.num_preemptions)
+        self.prefix_queries.labels(name).inc(stats.prefix_cache_queries - seen.prefix_cache_queries)
+        self.prefix_hits.labels(name).inc(stats.prefix_cache_hits - seen.prefix_cache_hits)
+        self._seen = stats
 
     def observe_tokens(self, num_tokens: int, since_last_s: float | None) -> None:
         """A request gained tokens; since_last_s is the gap since its previous ones (None: its first)."""

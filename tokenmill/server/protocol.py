@@ -47,6 +47,7 @@ class _SamplingRequest(BaseModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
+    cache_salt: str | None = None  # requests with different salts share no prefix-cache blocks
 
     @property
     def include_usage(self) -> bool:
