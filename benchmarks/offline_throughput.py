@@ -169,7 +169,8 @@ def load_tokenmill(args: argparse.Namespace):  # -> tokenmill.LLM
     from tokenmill import LLM
 
     start = time.perf_counter()
-    llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed)
+    # Every round sends the same prompts: without this, rounds after the first would find them cached.
+    llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, enable_prefix_caching=False)
     console.print(f"tokenmill: loaded in {time.perf_counter() - start:.1f} s")
     return llm
 

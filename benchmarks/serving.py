@@ -87,8 +87,8 @@ def start_server(log: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "tokenmill", "serve", "--port", str(port)],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), "--no-prefix-caching"]
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     while True:
         if process.poll() is not None:
@@ -127,7 +127,7 @@ def main() -> None:
     workload = offline_workload(tokenizer, num_requests=args.num_requests, output_len=args.output_len, seed=args.seed)
     from tokenmill import LLM
 
-    llm = LLM()
+    llm = LLM(enable_prefix_caching=False)  # the rounds repeat one workload: measure the work, not the cache
     chat_prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}]) for r in workload]
     top = max(args.concurrency)
     log = Path(tempfile.mkdtemp()) / "server.log"

@@ -121,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.model = args.model_tag
     engine_config = EngineConfig.create(**engine_options(args))
     serve(engine_config, ServerConfig(
-        served_model_name=args.served_model_name or model_name(args), host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        served_model_name=args.served_model_name or model_name(args), host=args.host, port=args.port,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV),
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         drain_timeout_s=args.drain_timeout,

@@ -65,5 +65,6 @@ def _compared(a: LevelSummary, b: LevelSummary) -> list[tuple[str, float, float]
     for key, name in LATENCY_NAMES.items():
         la, lb = getattr(a, key), getattr(b, key)
         if la is not None and lb is not None:
-            rows += [(f"{name} p50 (ms)", 1000 * la.p50, 1000 * lb.p50), (f"{name} p99 (ms)", 1000 * la.p99, 1000 * lb.p99)]
+            rows.append((f"{name} p50 (ms)", 1000 * la.p50, 1000 * lb.p50))
+            rows.append((f"{name} p99 (ms)", 1000 * la.p99, 1000 * lb.p99))
     return rows

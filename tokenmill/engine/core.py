@@ -128,7 +128,9 @@ class DeltaTracker:
         self._sent.pop(request_id, None)
 
 
-def run_engine_core(config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.queues.Queue) -> None:
+def run_engine_core(
+    config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.queues.Queue
+) -> None:
     """The core process's main: builds the engine, reports ready, then serves until Shutdown."""
     from tokenmill.engine.engine import LLMEngine
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def chain_hashes(token_ids: Sequence[int], block_size: int, num_blocks: int, hashes: list[int], salt: str | None) -> None:
+def chain_hashes(
+    token_ids: Sequence[int], block_size: int, num_blocks: int, hashes: list[int], salt: str | None
+) -> None:
     """Extends `hashes` (the chain so far) to the first num_blocks full blocks of token_ids."""
     parent = hashes[-1] if hashes else hash(("tokenmill-prefix", salt))
     for i in range(len(hashes), num_blocks):

@@ -34,7 +34,9 @@ class AdmissionControl:
         if self.num_queued >= self.max_requests:
             raise QueueFullError(f"the server's queue is full ({self.num_queued} requests waiting); retry later")
         if self.queued_tokens + num_prompt_tokens > self.max_tokens and self.num_queued > 0:
-            raise QueueFullError(f"the server's queue is full ({self.queued_tokens} prompt tokens waiting); retry later")
+            raise QueueFullError(
+                f"the server's queue is full ({self.queued_tokens} prompt tokens waiting); retry later"
+            )
         self.num_queued += 1
         self.queued_tokens += num_prompt_tokens
         return Ticket(self, num_prompt_tokens)
