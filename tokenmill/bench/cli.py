@@ -20,6 +20,7 @@ from tokenmill.bench.chat_workloads import (
     WORKLOADS, ChatRequest, WorkloadSpec, build_workload, load_workload, save_workload,
 )  # fmt: skip
 from tokenmill.bench.client import RequestRecord, Target, run_level
+from tokenmill.bench.workloads import TextTokenizer
 from tokenmill.bench.results import BenchRun, LevelResult
 from tokenmill.bench.stats import parse_slo
 from tokenmill.bench.tables import print_comparison, print_level
@@ -90,7 +91,8 @@ def _counts(args: argparse.Namespace) -> list[int]:
     return counts
 
 
-def _workload(args: argparse.Namespace) -> tuple[str, list[ChatRequest]]:
+def _workload(args: argparse.Namespace, tokenizer: TextTokenizer | None = None) -> tuple[str, list[ChatRequest]]:
+    """The workload named or saved in args; lengths measured with `tokenizer` when one is loaded."""
     if args.workload.endswith(".jsonl"):
         requests = load_workload(Path(args.workload))
         name = Path(args.workload).stem
@@ -98,7 +100,8 @@ def _workload(args: argparse.Namespace) -> tuple[str, list[ChatRequest]]:
         from tokenmill.model.default import default_model_path
         from tokenmill.model.loader import load_tokenizer
 
-        tokenizer = load_tokenizer(args.tokenizer or default_model_path())
+        if tokenizer is None or args.tokenizer is not None:
+            tokenizer = load_tokenizer(args.tokenizer or default_model_path())
         spec = WorkloadSpec(args.workload, max(_counts(args)), args.input_len, args.output_len, args.seed)
         requests, name = build_workload(spec, tokenizer), args.workload
     if args.save_workload is not None:
@@ -158,8 +161,8 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     from tokenmill.cli import build_llm, model_name
     from tokenmill.sampling_params import SamplingParams
 
-    workload, requests = _workload(args)
     llm = build_llm(args)
+    workload, requests = _workload(args, llm.tokenizer)
     prompts = [llm.tokenizer.apply_chat_template(r.messages) for r in requests]
     params = [SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True) for r in requests]
     start_wall, start = time.perf_counter(), time.monotonic()

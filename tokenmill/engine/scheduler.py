@@ -123,8 +123,9 @@ class Scheduler:
         if cache is None or seq.block_table:
             return
         block_size = self.block_manager.block_size
-        chain_hashes(seq.token_ids, block_size, (seq.num_tokens - 1) // block_size, seq.block_hashes, seq.cache_salt)
-        blocks = cache.lookup(seq.block_hashes[: (seq.num_tokens - 1) // block_size])
+        num_blocks = (seq.num_tokens - 1) // block_size  # full blocks, short of the last token
+        chain_hashes(seq.token_ids, block_size, num_blocks, seq.block_hashes, seq.cache_salt)
+        blocks = cache.lookup(seq.block_hashes[:num_blocks])
         seq.block_table = self.block_manager.share(blocks)
         seq.num_cached_blocks = len(blocks)
         seq.num_computed_tokens = len(blocks) * block_size

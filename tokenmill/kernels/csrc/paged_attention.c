@@ -132,8 +132,11 @@ static inline __attribute__((always_inline)) void attend_tile(const Problem *p, 
 }
 
 #ifdef __AVX512F__
-#define ATTEND_ROWS_CASE(R, DV) \
-    case R: attend_rows_avx512(q_rows, row_pos, k_base, v_base, table, num_keys, block_stride, p->scale, out_rows, r0 == 0, R, DV); break;
+#define ATTEND_ROWS_CASE(R, DV)                                                                                \
+    case R:                                                                                                    \
+        attend_rows_avx512(q_rows, row_pos, k_base, v_base, table, num_keys, block_stride, p->scale, out_rows, \
+                           r0 == 0, R, DV);                                                                    \
+        break;
 #define ATTEND_ROWS_SWITCH(DV)                                                                                   \
     switch (nr) {                                                                                                \
         ATTEND_ROWS_CASE(1, DV) ATTEND_ROWS_CASE(2, DV) ATTEND_ROWS_CASE(3, DV) ATTEND_ROWS_CASE(4, DV)          \
