@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from tokenmill.bench.cli import add_bench_commands
-from tokenmill.config import ATTENTION_BACKENDS, DTYPE_CHOICES, CacheConfig, ModelConfig, SchedulerConfig
+from tokenmill.config import (
+    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, ModelConfig,
+    SchedulerConfig,
+)
 from tokenmill.model.default import DEFAULT_MODEL_NAME
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.server.config import API_KEY_ENV
@@ -37,6 +40,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         default=CacheConfig.enable_prefix_caching, help="reuse the KV of shared prompt prefixes")
     parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                         help="the same as --no-enable-prefix-caching")
+    parser.add_argument("-q", "--quantization", default="none", choices=QUANTIZATION_CHOICES,
+                        help="weights: int8 (per channel) or int4 (per group), quantized at load; "
+                             "gguf: a GGUF file's own quantized tensors")
+    parser.add_argument("--quantization-group-size", type=int, default=ModelConfig.quantization_group_size,
+                        help="int4: input channels per scale")
+    parser.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=KV_CACHE_DTYPE_CHOICES,
+                        help="int8: one byte per K/V element with a scale per token and head")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -53,7 +63,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
-        enable_prefix_caching=args.enable_prefix_caching,
+        enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
+        quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
     )  # fmt: skip
 
 

@@ -10,6 +10,9 @@ import torch
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *_DTYPES)
 ATTENTION_BACKENDS = ("auto", "cpu", "torch")  # cpu: the C kernels; torch: plain PyTorch, any device
+# none: the weights in `dtype`; int8/int4: quantized at load time; gguf: a GGUF's own quantized tensors.
+QUANTIZATION_CHOICES = ("none", "int8", "int4", "gguf")
+KV_CACHE_DTYPE_CHOICES = ("auto", "int8", "fp8")  # auto: the model's dtype
 
 
 @dataclass(frozen=True)
@@ -22,13 +25,20 @@ class ModelConfig:
     max_model_len: int | None = None  # None: the model's context length, capped by the KV cache
     seed: int = 0
     attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
+    quantization: str = "none"  # one of QUANTIZATION_CHOICES
+    quantization_group_size: int = 32  # int4: input channels that share one scale and offset
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}; "
-                             f"got {self.attention_backend!r}")
+        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        _check_choice("quantization", self.quantization, QUANTIZATION_CHOICES)
+        group = self.quantization_group_size
+        if group < 16 or group % 16:
+            raise ValueError(f"quantization_group_size must be a positive multiple of 16, got {group}")
+        if self.quantization != "none" and self.dtype != torch.float32:
+            raise ValueError(f"quantization {self.quantization!r} runs with float32 activations; "
+                             f"use dtype float32 (or auto), not {self.dtype}")
 
     @staticmethod
     def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -55,8 +65,10 @@ class CacheConfig:
     kv_cache_memory: int | None = None  # bytes; None: kv_cache_memory_fraction of available memory
     kv_cache_memory_fraction: float = 0.1
     enable_prefix_caching: bool = True  # reuse the KV of prompt prefixes seen before
+    kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPE_CHOICES
 
     def __post_init__(self) -> None:
+        _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPE_CHOICES)
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
@@ -103,6 +115,9 @@ class EngineConfig:
         kv_cache_memory_fraction: float = CacheConfig.kv_cache_memory_fraction,
         attention_backend: str = ModelConfig.attention_backend,
         enable_prefix_caching: bool = CacheConfig.enable_prefix_caching,
+        kv_cache_dtype: str = CacheConfig.kv_cache_dtype,
+        quantization: str | None = None,
+        quantization_group_size: int = ModelConfig.quantization_group_size,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model."""
         from tokenmill.model.default import default_model_path
@@ -114,9 +129,16 @@ class EngineConfig:
             max_model_len=max_model_len,
             seed=seed,
             attention_backend=attention_backend,
+            quantization=quantization or "none",
+            quantization_group_size=quantization_group_size,
         )
         return cls(
             model_config,
-            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching),
+            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching, kv_cache_dtype),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens),
         )
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

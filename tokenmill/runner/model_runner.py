@@ -40,7 +40,7 @@ class ModelRunner:
         if self.device.type == "cpu":
             keep_activations_on_heap()
         start = time.monotonic()
-        size = size_kv_cache(self.arch, cache_config, model_config.dtype, self.device)
+        self.kv_size = size = size_kv_cache(self.arch, cache_config, model_config.dtype, self.device)
         self.num_blocks = size.num_blocks
         self.kv_cache = allocate_kv_cache(self.arch, size.num_blocks, self.block_size, model_config.dtype, self.device)
         for layer_pool, attn in zip(self.kv_cache, self.model.attention_layers()):
