@@ -1,4 +1,5 @@
-"""Reading GGUF files: metadata as plain Python values, tensors dequantized to torch."""
+"""Reading GGUF files: metadata as plain Python values; tensors dequantized to torch, or kept in
+their quantized formats where the quantized kernel runs them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenmill.quant.gguf_formats import is_supported, read_quantized
+from tokenmill.quant.tensor import QuantizedTensor
 
 _PLAIN_TYPES = (0, 1)  # GGMLQuantizationType F32 and F16: numpy reads them directly
 
@@ -27,16 +30,20 @@ class GGUFFile:
     def tensor_names(self) -> set[str]:
         return {tensor.name for tensor in self._reader.tensors}
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yields (gguf tensor name, float32 tensor) in the file's order, dequantized on the fly."""
+    def tensors(self, keep_quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+        """Yields (gguf tensor name, tensor) in the file's order: float32, dequantized on the fly, or
+        with keep_quantized, a QuantizedTensor for each matrix in a format the kernel runs."""
         import gguf
 
         for tensor in self._reader.tensors:
             data = np.asarray(tensor.data)
-            if tensor.tensor_type not in _PLAIN_TYPES:
-                data = gguf.quants.dequantize(data, tensor.tensor_type)
             # GGUF lists dimensions fastest-first; numpy's shape is the reverse.
             shape = tuple(int(d) for d in reversed(tensor.shape))
+            if keep_quantized and len(shape) == 2 and is_supported(tensor.tensor_type):
+                yield tensor.name, read_quantized(data, tensor.tensor_type, *shape)
+                continue
+            if tensor.tensor_type not in _PLAIN_TYPES:
+                data = gguf.quants.dequantize(data, tensor.tensor_type)
             yield tensor.name, torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))
 
 

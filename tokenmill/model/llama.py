@@ -11,6 +11,7 @@ from torch import nn
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.attention import AttentionPlan, PagedAttention
 from tokenmill.model.layers import RMSNorm, RotaryEmbedding, SiluAndMul
+from tokenmill.quant.tensor import QuantizedTensor, concat_rows
 
 
 class LlamaAttention(nn.Module):
@@ -100,19 +101,33 @@ class LlamaForCausalLM(nn.Module):
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copies Hugging Face-named weights in, fusing q/k/v and gate/up into one matrix each."""
+    def load_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor | QuantizedTensor]]
+    ) -> dict[str, QuantizedTensor]:
+        """Copies Hugging Face-named weights in, fusing q/k/v and gate/up into one matrix each.
+
+        Quantized matrices are not copied but returned, fused the same way, by layer name, for
+        tokenmill.quant.apply.install_quantized to put in place."""
         params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
+        quantized: dict[str, dict[int | None, QuantizedTensor]] = {}
         for name, tensor in weights:
             if "rotary_emb" in name or (name == "lm_head.weight" and self.cfg.tie_word_embeddings):
                 continue
             target, shard = self._target(name)
             if target not in params:
                 raise KeyError(f"checkpoint weight {name!r} has no place in {type(self).__name__}")
-            self._copy_into(params[target], tensor, shard, name)
+            dest = self._destination(params[target], shard)
+            if dest.shape != tensor.shape:
+                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
+            if isinstance(tensor, QuantizedTensor):
+                quantized.setdefault(target.removesuffix(".weight"), {})[shard] = tensor
+            else:
+                dest.copy_(tensor)
             loaded.add(target if shard is None else f"{target}#{shard}")
         self._check_complete(params, loaded)
+        return {layer: concat_rows([shards[i] for i in sorted(shards, key=lambda i: i or 0)])
+                for layer, shards in quantized.items()}
 
     @staticmethod
     def _target(name: str) -> tuple[str, int | None]:
@@ -122,11 +137,8 @@ class LlamaForCausalLM(nn.Module):
         fused, shard = _FUSED[match.group(1)]
         return name.replace(match.group(1), fused), shard
 
-    def _copy_into(self, param: torch.Tensor, tensor: torch.Tensor, shard: int | None, name: str) -> None:
-        dest = param.data if shard is None else param.data.narrow(0, *self._shard_range(param, shard))
-        if dest.shape != tensor.shape:
-            raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
-        dest.copy_(tensor)
+    def _destination(self, param: torch.Tensor, shard: int | None) -> torch.Tensor:
+        return param.data if shard is None else param.data.narrow(0, *self._shard_range(param, shard))
 
     def _shard_range(self, param: torch.Tensor, shard: int) -> tuple[int, int]:
         cfg = self.cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -14,10 +15,13 @@ import torch
 from torch import nn
 
 from tokenmill.config import ModelConfig
+from tokenmill.kernels.quant_matmul import QuantMatmul
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.gguf_file import read_gguf
 from tokenmill.model.registry import build_model
 from tokenmill.model.tokenizer import Tokenizer
+from tokenmill.quant.apply import install_quantized, quantize_model
+from tokenmill.quant.tensor import QuantizedTensor
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +37,24 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     start = time.monotonic()
     path = cfg.model
     if path.is_dir():
+        if cfg.quantization == "gguf":
+            raise ValueError(f"quantization 'gguf' reads a GGUF file's own quantized weights; {path} is a "
+                             "directory (use int8 or int4 to quantize its weights at load time)")
         arch, weights, tokenizer = _open_hf_dir(path)
     elif path.is_file():
-        arch, weights, tokenizer = _open_gguf(path)
+        arch, weights, tokenizer = _open_gguf(path, keep_quantized=cfg.quantization == "gguf")
     else:
         raise FileNotFoundError(f"model not found: {path} is neither a GGUF file nor a model directory")
     model = build_model(arch)
-    model.load_weights(weights)
+    quantized = model.load_weights(weights)
+    kernel = QuantMatmul.load() if cfg.device.type == "cpu" else None
+    if quantized:
+        install_quantized(model, quantized, kernel)
+    elif cfg.quantization in ("int8", "int4"):
+        quantize_model(model, cfg.quantization, cfg.quantization_group_size, kernel)
     model = model.to(device=cfg.device, dtype=cfg.dtype).eval().requires_grad_(False)
-    logger.info("loaded %s (%s, %s) in %.1f s", path.name, arch.architecture, cfg.dtype, time.monotonic() - start)
+    logger.info("loaded %s (%s, %s, quantization %s) in %.1f s", path.name, arch.architecture, cfg.dtype,
+                cfg.quantization, time.monotonic() - start)
     return LoadedModel(model, arch, tokenizer)
 
 
@@ -65,22 +78,24 @@ _GGUF_LAYER = {
 _GGUF_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
-def _open_gguf(path: Path) -> tuple[ArchConfig, Iterator[tuple[str, torch.Tensor]], Tokenizer]:
+Weights = Iterator[tuple[str, torch.Tensor | QuantizedTensor]]
+
+
+def _open_gguf(path: Path, keep_quantized: bool) -> tuple[ArchConfig, Weights, Tokenizer]:
     gguf = read_gguf(path)
     has_output = "output.weight" in gguf.tensor_names()
     arch = ArchConfig.from_gguf_metadata(gguf.metadata, has_output_weight=has_output)
-    return arch, _hf_named_gguf_tensors(gguf.tensors(), arch), Tokenizer.from_gguf_metadata(gguf.metadata)
+    tensors = _hf_named_gguf_tensors(gguf.tensors(keep_quantized), arch)
+    return arch, tensors, Tokenizer.from_gguf_metadata(gguf.metadata)
 
 
-def _hf_named_gguf_tensors(
-    tensors: Iterator[tuple[str, torch.Tensor]], arch: ArchConfig
-) -> Iterator[tuple[str, torch.Tensor]]:
+def _hf_named_gguf_tensors(tensors: Weights, arch: ArchConfig) -> Weights:
     for name, tensor in tensors:
         hf_name = _hf_name(name)
-        if hf_name.endswith("q_proj.weight"):
-            tensor = _unpermute_rope(tensor, arch.num_heads)
-        elif hf_name.endswith("k_proj.weight"):
-            tensor = _unpermute_rope(tensor, arch.num_kv_heads)
+        heads = {"q_proj": arch.num_heads, "k_proj": arch.num_kv_heads}.get(hf_name.split(".")[-2])
+        if heads is not None and hf_name.endswith(".weight"):
+            unpermute = functools.partial(_unpermute_rope, num_heads=heads)
+            tensor = tensor.map_rows(unpermute) if isinstance(tensor, QuantizedTensor) else unpermute(tensor)
         yield hf_name, tensor
 
 
@@ -101,7 +116,7 @@ def _unpermute_rope(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _open_hf_dir(path: Path) -> tuple[ArchConfig, Iterator[tuple[str, torch.Tensor]], Tokenizer]:
+def _open_hf_dir(path: Path) -> tuple[ArchConfig, Weights, Tokenizer]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a model directory: no config.json")

@@ -1,0 +1,60 @@
+"""Linear and embedding layers over packed quantized weights (tokenmill/quant/packing.py).
+
+On the CPU the matrix product is the C kernel (tokenmill/kernels/quant_matmul.py). Elsewhere, or
+where no C compiler is found, the reference path dequantizes the matrix on every call: correct,
+and logged as slow.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenmill.kernels.quant_matmul import QuantMatmul
+from tokenmill.quant.packing import PackedWeight
+
+logger = logging.getLogger(__name__)
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, weight: PackedWeight, bias: torch.Tensor | None, kernel: QuantMatmul | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+        self.bits, self.group = weight.bits, weight.group
+        # Buffers, so .to(device) moves them and state_dict holds them.
+        self.register_buffer("qweight", weight.data)
+        self.register_buffer("scales", weight.scale)
+        self.register_buffer("offsets", weight.offset)
+        self.register_buffer("bias", None if bias is None else _pad(bias.float(), weight.padded_out_features))
+        self.kernel = kernel
+
+    @property
+    def packed(self) -> PackedWeight:
+        return PackedWeight(self.qweight, self.scales, self.offsets, self.bits, self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+            return self.kernel(x, self.packed, self.bias)
+        bias = None if self.bias is None else self.bias[: self.out_features]
+        return F.linear(x, self.packed.rows(torch.arange(self.out_features, device=x.device)).to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group}"
+
+
+class QuantEmbedding(nn.Module):
+    """Token embeddings read from a quantized matrix, often the same one as the output layer's."""
+
+    def __init__(self, source: QuantLinear) -> None:
+        super().__init__()
+        self.source = source
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.source.packed.rows(ids)
+
+
+def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.pad(x, (0, size - x.shape[0]))
