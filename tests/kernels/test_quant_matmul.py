@@ -53,15 +53,17 @@ def test_kernel_against_the_float_weights_within_the_format_error(bits, bound):
     assert 0 < error < bound
 
 
-def test_strided_rows_and_gguf_style_groups():
-    """Rows read through a stride (a view into a fused projection); 8-bit values with offsets and
-    groups of 16, as Q6_K and fused mixed formats give."""
+def test_strided_rows_batch_dimensions_and_gguf_style_groups():
+    """Rows read through a stride (a view into a fused projection) or with batch dimensions; 8-bit
+    values with offsets and groups of 16, as Q6_K and fused mixed formats give."""
     gen = torch.Generator().manual_seed(3)
     q = torch.randint(-32, 32, (576, 576), generator=gen, dtype=torch.int8)
     qw = QuantizedTensor(q, torch.rand(576, 36, generator=gen), torch.randn(576, 36, generator=gen), 8)
     wide = torch.randn(9, 1000, generator=gen)
     x = wide[:, 100:676]
-    assert relative_error(KERNEL(x, pack(qw)), reference(x, qw, None)) < 2e-6
+    packed = pack(qw)
+    assert relative_error(KERNEL(x, packed), reference(x, qw, None)) < 2e-6
+    torch.testing.assert_close(KERNEL(x.reshape(3, 3, 576), packed), KERNEL(x, packed).view(3, 3, 576))
 
 
 @pytest.mark.parametrize("bits", [8, 4])
