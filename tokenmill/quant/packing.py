@@ -1,8 +1,9 @@
 """The kernel's layout of a quantized matrix (see tokenmill/kernels/csrc/quant_matmul.c).
 
-Output channels in tiles of 16, padded to a multiple of 64; within a tile, input channels in
-pairs: int8 [N/16, K, 16] bytes, int4 [N/16, K/2, 16] bytes (k even in the low nibble).
-Scales and offsets are [K / group, N] so one tile's 16 scales are one vector.
+Output channels in tiles of 16, four tiles a block (N padded to a multiple of 64), input channels
+in pairs, a block's four tiles side by side for each pair: int8 [N/64, K/2, 4, 2, 16] bytes, int4
+[N/64, K/2, 4, 16] bytes (k even in the low nibble). Scales and offsets are [K / group, N] so one
+tile's 16 scales are one vector.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import torch
 from tokenmill.quant.tensor import QuantizedTensor
 
 TILE = 16
-PAD = 64  # the kernel works on four tiles at a time
+BLOCK = 64  # four tiles, read by the kernel as one stream
 
 
 @dataclass(frozen=True)
 class PackedWeight:
-    data: torch.Tensor  # uint8 [N_pad / 16, K * bits / 8 ... as above]
+    data: torch.Tensor  # uint8, laid out as above
     scale: torch.Tensor  # [K / group, N_pad] float32
     offset: torch.Tensor | None
     bits: int
@@ -36,10 +37,11 @@ class PackedWeight:
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The float32 rows W[ids] ([len(ids), K]): an embedding lookup into the same matrix."""
-        raw = self.data[ids // TILE, :, ids % TILE]  # [T, K] or [T, K / 2] bytes
-        if self.bits == 8:
-            q = raw.view(torch.int8).float()
-        else:
+        block, tile, lane = ids // BLOCK, ids % BLOCK // TILE, ids % TILE
+        if self.bits == 8:  # [T, K/2, 2] bytes
+            q = self.data[block, :, tile, :, lane].flatten(1).view(torch.int8).float()
+        else:  # [T, K/2] bytes
+            raw = self.data[block, :, tile, lane]
             q = torch.stack((raw & 15, raw >> 4), dim=-1).flatten(1).float()
         rows = q * self.scale[:, ids].t().repeat_interleave(self.group, dim=1)
         if self.offset is not None:
@@ -51,13 +53,12 @@ def pack(t: QuantizedTensor) -> PackedWeight:
     n, k = t.shape
     if k % 2 or t.group % 2:
         raise ValueError(f"the quantized kernel needs an even number of input channels per group, got {t.group}")
-    n_pad = -(-n // PAD) * PAD
-    q = _pad_rows(t.q, n_pad).view(n_pad // TILE, TILE, k)
+    n_pad = -(-n // BLOCK) * BLOCK
+    pairs = _pad_rows(t.q, n_pad).view(torch.uint8).view(n_pad // BLOCK, BLOCK // TILE, TILE, k // 2, 2)
     if t.bits == 8:
-        data = q.transpose(1, 2).contiguous().view(torch.uint8)
+        data = pairs.permute(0, 3, 1, 4, 2).contiguous()
     elif t.bits == 4:
-        pairs = q.view(torch.uint8).view(n_pad // TILE, TILE, k // 2, 2)
-        data = (pairs[..., 0] | (pairs[..., 1] << 4)).transpose(1, 2).contiguous()
+        data = (pairs[..., 0] | (pairs[..., 1] << 4)).permute(0, 3, 1, 2).contiguous()
     else:
         raise ValueError(f"bits must be 8 or 4, got {t.bits}")
     scale = _pad_rows(t.scale, n_pad).t().contiguous()

@@ -2,11 +2,12 @@
  *   y[M, N] = x[M, K] @ W[N, K]^T (+ bias),  W[n, k] = q[n, k] * scale[g, n] + offset[g, n]
  * where q is an 8- or 4-bit integer and g = k / group (offset optional).
  *
- * Layout (packed by tokenmill/quant/packing.py): output channels in tiles of 16 and, within a
- * tile, input channels in pairs, so that one 32- or 16-byte load holds two input channels of 16
- * outputs. int8: [N/16][K][16] bytes; int4: [N/16][K/2][16] bytes with channel k in the low
- * nibble and k + 1 in the high one. Scales and offsets: [K/group][N] floats. N is padded to a
- * multiple of 64 (four tiles) with zero weights, and so is y: [M, n_pad].
+ * Layout (packed by tokenmill/quant/packing.py): output channels in tiles of 16, tiles in blocks
+ * of four, and input channels in pairs: one 32- or 16-byte load holds two input channels of a
+ * tile's 16 outputs, and a block's four tiles sit side by side for each pair, so a thread reads
+ * its block as one sequential stream. int8: [N/64][K/2][4][2][16] bytes; int4: [N/64][K/2][4][16]
+ * bytes with channel k in the low nibble and k + 1 in the high one. Scales and offsets:
+ * [K/group][N] floats. N is padded to a multiple of 64 with zero weights, and so is y: [M, n_pad].
  *
  * Integers become floats in registers, two rows of a tile at a time, and meet broadcast
  * activations there: the bytes read from memory are the quantized ones. Within a group the
@@ -26,14 +27,15 @@ typedef int8_t i8x16 __attribute__((vector_size(16)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 #define TILE 16
-#define TILES_PER_BLOCK 4 /* N is padded to this many tiles */
+#define TILES_PER_BLOCK 4
+#define PREFETCH_PAIRS 32 /* how many pairs of channels ahead a single-row stream asks for */
 #define MAX_ROWS 12       /* rows of x per micro-kernel: 12 x 2 accumulators fill the registers */
 
 typedef struct {
     const float *x, *scale, *offset, *bias, *xsum;
     const uint8_t *w;
     float *y;
-    int64_t ldx, M, K, n_pad, group, groups, tile_bytes;
+    int64_t ldx, M, K, n_pad, group, groups;
 } Problem;
 
 #define INLINE static inline __attribute__((always_inline))
@@ -87,7 +89,7 @@ INLINE void widen_pair(int bits, const uint8_t *p, f32x16 *even, f32x16 *odd) {
  * gathers the scaled groups in memory. SPLIT keeps even and odd channels in separate
  * accumulators: with few rows that breaks the chain of dependent multiply-adds. */
 INLINE void micro_kernel(const Problem *p, int bits, int R, int C, int SPLIT, int64_t m0, int64_t t0) {
-    const int64_t pair_bytes = 4 * bits; /* 16 outputs x 2 channels x bits / 8 */
+    const int64_t pair_bytes = 4 * bits, row_bytes = TILES_PER_BLOCK * pair_bytes; /* a pair: 16 x 2 x bits / 8 */
     float *y = p->y + m0 * p->n_pad + t0 * TILE;
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
@@ -100,12 +102,16 @@ INLINE void micro_kernel(const Problem *p, int bits, int R, int C, int SPLIT, in
         for (int r = 0; r < R; r++)
 #pragma GCC unroll 16
             for (int c = 0; c < C; c++) acc[r][c][0] = acc[r][c][SPLIT - 1] = (f32x16){0};
-        const uint8_t *w = p->w + t0 * p->tile_bytes + g * (p->group / 2) * pair_bytes;
+        const uint8_t *w = p->w + (t0 / TILES_PER_BLOCK) * (p->K / 2) * row_bytes + (t0 % TILES_PER_BLOCK) * pair_bytes +
+                           g * (p->group / 2) * row_bytes;
         const float *x = p->x + m0 * p->ldx + g * p->group;
-        for (int64_t k = 0; k < p->group; k += 2, w += pair_bytes) {
+        for (int64_t k = 0; k < p->group; k += 2, w += row_bytes) {
+            /* One row streams its block once: fetch ahead of the hardware prefetcher. */
+            if (R == 1)
+                for (int line = 0; line < row_bytes; line += 64) __builtin_prefetch(w + PREFETCH_PAIRS * row_bytes + line);
             f32x16 even[TILES_PER_BLOCK], odd[TILES_PER_BLOCK];
 #pragma GCC unroll 16
-            for (int c = 0; c < C; c++) widen_pair(bits, w + c * p->tile_bytes, &even[c], &odd[c]);
+            for (int c = 0; c < C; c++) widen_pair(bits, w + c * pair_bytes, &even[c], &odd[c]);
 #pragma GCC unroll 16
             for (int r = 0; r < R; r++) {
                 const f32x16 xe = (f32x16){0} + x[r * p->ldx + k], xo = (f32x16){0} + x[r * p->ldx + k + 1];
@@ -157,7 +163,7 @@ DEFINE_COLUMN_BLOCK(4)
 void quant_matmul_f32(const float *x, int64_t ldx, const uint8_t *w, const float *scale, const float *offset,
                       const float *bias, float *y, int64_t M, int64_t K, int64_t n_pad, int64_t group,
                       int bits, int num_threads) {
-    Problem p = {x, scale, offset, bias, NULL, w, y, ldx, M, K, n_pad, group, K / group, K * TILE * bits / 8};
+    Problem p = {x, scale, offset, bias, NULL, w, y, ldx, M, K, n_pad, group, K / group};
     float *xsum = NULL;
     if (offset) { /* each row's activation sum per group: the offset's share of every output */
         xsum = malloc(M * p.groups * sizeof(float));
