@@ -15,6 +15,7 @@ from tokenmill.config import (
     ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, ModelConfig,
     SchedulerConfig,
 )
+from tokenmill.eval.cli import add_eval_commands
 from tokenmill.model.default import DEFAULT_MODEL_NAME
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.server.config import API_KEY_ENV
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=cmd_serve)
 
     add_bench_commands(commands, add_engine_args)
+    add_eval_commands(commands)
     return parser
 
 

@@ -1,0 +1,22 @@
+"""The precisions a user can choose, as the engine options that select them (EngineConfig.create's keywords)."""
+
+from __future__ import annotations
+
+REFERENCE = "float32"  # the unquantized model every other precision is compared against
+PRECISIONS: dict[str, dict[str, str]] = {
+    "float32": {},
+    "bfloat16": {"dtype": "bfloat16"},
+    "int8": {"quantization": "int8"},
+    "int4": {"quantization": "int4"},  # the group size is the engine's quantization_group_size
+    "gguf": {"quantization": "gguf"},
+    "kv-int8": {"kv_cache_dtype": "int8"},
+}
+
+
+def parse_precisions(text: str) -> list[str]:
+    """A comma-separated list of PRECISIONS' names, in the order given, without repeats."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in PRECISIONS]
+    if unknown or not names:
+        raise ValueError(f"precisions must be among {', '.join(PRECISIONS)}; got {text!r}")
+    return names
