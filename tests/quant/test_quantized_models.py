@@ -15,6 +15,7 @@ FACTS = {
     "What is the boiling point of water in degrees Celsius?": "100",
 }
 GREEDY = SamplingParams(max_tokens=24, temperature=0, logprobs=2)
+SMALL_KV = {"kv_cache_memory": 64 * 2**20}  # these engines run a few short requests
 
 
 def answers(llm: LLM) -> list:
@@ -41,7 +42,7 @@ def float32_answers(llm) -> list:
 
 @pytest.mark.parametrize("quantization", ["int8", "int4", "gguf"])
 def test_quantized_weights_answer_facts(make_llm, float32_answers, quantization):
-    llm = make_llm(quantization=quantization)
+    llm = make_llm(quantization=quantization, **SMALL_KV)
     for completion, answer in zip(answers(llm), FACTS.values()):
         assert answer in completion.text, (quantization, completion.text)
 
@@ -52,14 +53,15 @@ def test_gguf_weights_are_the_float32_models_own(llm, make_llm):
     prompt = {"prompt_token_ids": llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 4)}
     params = SamplingParams(max_tokens=1, temperature=0, logprobs=20)
     expected = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].logprobs[0]
-    actual = make_llm(quantization="gguf").generate(prompt, params, use_tqdm=False)[0].outputs[0].logprobs[0]
+    gguf = make_llm(quantization="gguf", **SMALL_KV)
+    actual = gguf.generate(prompt, params, use_tqdm=False)[0].outputs[0].logprobs[0]
     assert set(actual) == set(expected)
     for token, lp in expected.items():
         assert abs(actual[token].logprob - lp.logprob) < 1e-3
 
 
 def test_quantized_layers_replace_every_matrix(make_llm):
-    model = make_llm(quantization="int4").engine.runner.model
+    model = make_llm(quantization="int4", **SMALL_KV).engine.runner.model
     assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in model.modules())
     layer = model.model.layers[0]
     assert (layer.self_attn.qkv_proj.bits, layer.mlp.down_proj.bits, model.lm_head.bits) == (4, 4, 8)

@@ -82,9 +82,9 @@ def read_quantized(raw: np.ndarray, tensor_type: int, rows: int, cols: int) -> Q
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(rows, cols // per_block, block_bytes)
     q, scale, offset, bits = reader(blocks)
     groups = scale.shape[1] * scale.shape[2]
-    return QuantizedTensor(
-        torch.from_numpy(np.ascontiguousarray(q.reshape(rows, cols).astype(np.int8))),
-        torch.from_numpy(np.ascontiguousarray(scale.reshape(rows, groups), dtype=np.float32)),
-        None if offset is None else torch.from_numpy(np.ascontiguousarray(offset.reshape(rows, groups), dtype=np.float32)),
-        bits,
-    )
+
+    def per_group(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values.reshape(rows, groups), dtype=np.float32))
+
+    q = torch.from_numpy(np.ascontiguousarray(q.reshape(rows, cols).astype(np.int8)))
+    return QuantizedTensor(q, per_group(scale), None if offset is None else per_group(offset), bits)
