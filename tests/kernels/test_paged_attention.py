@@ -3,32 +3,12 @@
 import pytest
 import torch
 
+from tests.kernels.paged_inputs import NATIVE, quantized, random_batch, random_kv, strided_q
 from tokenmill.kernels.paged_attention import CpuAttentionBackend
 from tokenmill.model.attention import AttentionBatch, select_attention_backend
 from tokenmill.model.torch_attention import TorchAttentionBackend
 
-KERNEL = CpuAttentionBackend.load_kernel()
-pytestmark = pytest.mark.skipif(KERNEL is None, reason="no C compiler for the cpu attention kernel")
-
-
-def random_batch(q_lens: list[int], seq_lens: list[int], num_blocks: int, block_size: int, gen: torch.Generator):
-    """Sequences whose blocks are scattered at random over the pool; decode rows first."""
-    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
-    width = max(blocks_per_seq)
-    ids = torch.randperm(num_blocks, generator=gen)[: sum(blocks_per_seq)].split(blocks_per_seq)
-    tables = torch.stack([torch.nn.functional.pad(t, (0, width - len(t))) for t in ids]).int()
-    q = torch.tensor(q_lens, dtype=torch.int32)
-    num_tokens = sum(q_lens)
-    return AttentionBatch(
-        slot_blocks=torch.zeros(num_tokens, dtype=torch.long),
-        slot_offsets=torch.zeros(num_tokens, dtype=torch.long),
-        query_start=torch.nn.functional.pad(torch.cumsum(q, 0, dtype=torch.int32), (1, 0)),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        block_tables=tables,
-        num_decode=sum(1 for n in q_lens if n == 1),
-        block_size=block_size,
-    )
-
+pytestmark = pytest.mark.skipif(NATIVE is None, reason="no C compiler for the cpu attention kernel")
 
 CASES = {
     "decode": ([1] * 12, [1, 2, 15, 16, 17, 33, 64, 100, 250, 300, 511, 700]),
@@ -45,29 +25,29 @@ def test_kernel_matches_torch_backend(case, heads, kv_heads, head_dim, block_siz
     gen = torch.Generator().manual_seed(0)
     q_lens, seq_lens = CASES[case]
     num_blocks = sum(-(-n // block_size) for n in seq_lens) + 7
-    k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen)
-    v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen)
+    kv = random_kv(num_blocks, kv_heads, head_dim, block_size, gen)
     batch = random_batch(q_lens, seq_lens, num_blocks, block_size, gen)
-    # q as the model passes it: a view into the fused q/k/v projection, rows strided.
-    qkv = torch.randn(sum(q_lens), (heads + 2 * kv_heads) * head_dim, generator=gen)
-    q = qkv[:, : heads * head_dim].view(-1, heads, head_dim)
+    q = strided_q(sum(q_lens), heads, kv_heads, head_dim, gen)
 
-    expected = TorchAttentionBackend(heads // kv_heads).plan(batch).attend(q, k_cache, v_cache)
-    actual = CpuAttentionBackend(KERNEL).plan(batch).attend(q, k_cache, v_cache)
+    expected = TorchAttentionBackend(heads // kv_heads).plan(batch).attend(q, kv)
+    actual = CpuAttentionBackend(NATIVE).plan(batch).attend(q, kv)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_dtype", ["float32", "int8"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim,block_size", SHAPES)
-def test_a_query_gives_the_same_bits_in_a_whole_prefill_a_chunk_and_a_decode_row(heads, kv_heads, head_dim, block_size):
+def test_a_query_gives_the_same_bits_in_a_whole_prefill_a_chunk_and_a_decode_row(
+    heads, kv_heads, head_dim, block_size, kv_dtype
+):
     """Batch invariance rests on this: the kernel groups query rows differently in each case."""
     gen = torch.Generator().manual_seed(1)
     seq_len = 70
     num_blocks = -(-seq_len // block_size) + 3
-    k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen)
-    v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen)
+    kv = random_kv(num_blocks, kv_heads, head_dim, block_size, gen)
+    kv = quantized(kv) if kv_dtype == "int8" else kv
     tables = torch.randperm(num_blocks, generator=gen)[None, : -(-seq_len // block_size)].int()
     q = torch.randn(seq_len, heads, head_dim, generator=gen)
-    backend = CpuAttentionBackend(KERNEL)
+    backend = CpuAttentionBackend(NATIVE)
 
     def attend(first: int, last: int) -> torch.Tensor:
         """Queries at positions [first, last) with the keys up to last: a chunk, or a decode row."""
@@ -80,7 +60,7 @@ def test_a_query_gives_the_same_bits_in_a_whole_prefill_a_chunk_and_a_decode_row
             num_decode=int(last - first == 1),
             block_size=block_size,
         )
-        return backend.plan(batch).attend(q[first:last], k_cache, v_cache)
+        return backend.plan(batch).attend(q[first:last], kv)
 
     whole = attend(0, seq_len)
     assert torch.equal(attend(29, seq_len), whole[29:])

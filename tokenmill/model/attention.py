@@ -4,7 +4,9 @@ The model sees one small interface. Each step, the runner describes its tokens i
 `AttentionBatch` (flat, for every sequence at once) and asks the chosen backend for an
 `AttentionPlan`, which every layer then uses to attend its queries in one batched call.
 Backends: `torch` (gather + scaled_dot_product_attention, any device; the reference) and
-`cpu` (a C kernel that reads blocks in place; tokenmill/kernels).
+`cpu` (a C kernel that reads blocks in place; tokenmill/kernels). With kv_cache_dtype "int8"
+the pool holds one byte per element plus a scale per token and head: `KVCacheView.write`
+quantizes each step's new K and V, and both backends dequantize as they read.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ class AttentionPlan(Protocol):
 
     batch: AttentionBatch
 
-    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        """q: [T, H, D]; caches as `kv_block_views` lays them out; returns [T, H, D]."""
+    def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Stores the step's new k and v ([T, KVH, D]) in one layer's cache, at the batch's slots."""
+        ...
+
+    def attend(self, q: torch.Tensor, kv: KVCacheView) -> torch.Tensor:
+        """q: [T, H, D]; one layer's cache; returns [T, H, D]."""
         ...
 
 
@@ -45,41 +51,75 @@ class AttentionBackend(Protocol):
     def plan(self, batch: AttentionBatch) -> AttentionPlan: ...
 
 
-def kv_block_views(
-    layer_pool: torch.Tensor, block_size: int, num_kv_heads: int, head_dim: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's K and V views of the pool ([2, num_blocks, block elements]).
+@dataclass(frozen=True)
+class KVCacheView:
+    """One layer's K and V blocks, as the attention backends read them.
 
     Keys are stored transposed, [num_blocks, KVH, D, block_size], so that a query's scores against
-    a whole block are D vector multiply-adds; values are [num_blocks, KVH, block_size, D].
+    a whole block are D vector multiply-adds; values are [num_blocks, KVH, block_size, D]. An int8
+    cache also holds a float32 scale per token and KV head, [num_blocks, KVH, block_size], for K
+    and V apart: x = scale * int8, with scale = max |x| / 127 over the token's head_dim elements.
     """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_scales: torch.Tensor | None = None
+    value_scales: torch.Tensor | None = None
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Stores new tokens' k and v ([T, KVH, D]) at (blocks, offsets), quantizing for int8; in
+        plain PyTorch, on any device."""
+        if self.key_scales is None or self.value_scales is None:
+            self.keys[blocks, :, :, offsets] = k
+            self.values[blocks, :, offsets, :] = v
+            return
+        (k8, v8), scales = quantize_int8(torch.stack((k, v)))
+        self.keys[blocks, :, :, offsets] = k8
+        self.values[blocks, :, offsets, :] = v8
+        self.key_scales[blocks, :, offsets] = scales[0]
+        self.value_scales[blocks, :, offsets] = scales[1]
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 over the last dimension: (int8 values, float32 scales) with x ~ int8 * scale."""
+    x = x.float()
+    scales = x.abs().amax(dim=-1) / 127
+    # A zero vector has scale 0; dividing it by any positive number keeps it 0.
+    q = (x / scales.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)).round_()
+    return q.clamp_(-127, 127).to(torch.int8), scales
+
+
+def kv_block_views(
+    layer_pool: torch.Tensor, layer_scales: torch.Tensor | None, block_size: int, num_kv_heads: int, head_dim: int
+) -> KVCacheView:
+    """One layer's view of the pool ([2, num_blocks, block elements]) and, for int8, of its scales
+    ([2, num_blocks, KVH * block_size])."""
     num_blocks = layer_pool.shape[1]
     keys = layer_pool[0].view(num_blocks, num_kv_heads, head_dim, block_size)
     values = layer_pool[1].view(num_blocks, num_kv_heads, block_size, head_dim)
-    return keys, values
+    if layer_scales is None:
+        return KVCacheView(keys, values)
+    key_scales, value_scales = layer_scales.view(2, num_blocks, num_kv_heads, block_size)
+    return KVCacheView(keys, values, key_scales, value_scales)
 
 
 class PagedAttention(nn.Module):
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        # Bound by the model runner once the pool is allocated (see kv_block_views).
-        self.k_cache = torch.empty(0)
-        self.v_cache = torch.empty(0)
+        self.kv = KVCacheView(torch.empty(0), torch.empty(0))  # bound by the model runner
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         """q: [T, H, D], k and v: [T, KVH, D]; returns [T, H * D]."""
-        blocks, offsets = plan.batch.slot_blocks, plan.batch.slot_offsets
-        self.k_cache[blocks, :, :, offsets] = k
-        self.v_cache[blocks, :, offsets, :] = v
-        return plan.attend(q, self.k_cache, self.v_cache).flatten(1)
+        plan.write(self.kv, k, v)
+        return plan.attend(q, self.kv).flatten(1)
 
 
 def select_attention_backend(
     name: str, device: torch.device, dtype: torch.dtype, num_queries_per_kv: int
 ) -> AttentionBackend:
     """`auto` takes the C kernel for float32 on the CPU where it compiles, else the torch path."""
-    from tokenmill.kernels.paged_attention import CpuAttentionBackend
+    from tokenmill.kernels.paged_attention import CpuAttentionBackend, PagedAttentionKernels
     from tokenmill.model.torch_attention import TorchAttentionBackend
 
     if name == "torch":
@@ -87,9 +127,9 @@ def select_attention_backend(
     supported = device.type == "cpu" and dtype == torch.float32
     if name == "cpu" and not supported:
         raise ValueError(f"the cpu attention backend runs float32 on the CPU, not {dtype} on {device}")
-    kernel = CpuAttentionBackend.load_kernel() if supported else None
-    if kernel is not None:
-        return CpuAttentionBackend(kernel)
+    kernels = PagedAttentionKernels.load() if supported else None
+    if kernels is not None:
+        return CpuAttentionBackend(kernels)
     if name == "cpu":
         raise RuntimeError("the cpu attention kernel could not be compiled (is a C compiler installed?)")
     return TorchAttentionBackend(num_queries_per_kv)

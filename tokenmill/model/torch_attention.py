@@ -1,4 +1,5 @@
-"""The plain PyTorch attention backend: gather each sequence's blocks, then one SDPA call.
+"""The plain PyTorch attention backend: gather each sequence's blocks (dequantized where the
+cache is int8), then one SDPA call.
 
 Sequences split into at most two groups, each attended in one batched call per layer: decode
 rows (one query per sequence) and prefill rows (a chunk of queries per sequence, padded to the
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tokenmill.model.attention import AttentionBatch
+from tokenmill.model.attention import AttentionBatch, KVCacheView
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,13 @@ class TorchAttentionPlan:
     batch: AttentionBatch
     groups: list[AttentionGroup]
 
-    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
+        kv.write(k, v, self.batch.slot_blocks, self.batch.slot_offsets)
+
+    def attend(self, q: torch.Tensor, kv: KVCacheView) -> torch.Tensor:
         out = torch.empty_like(q)
         for group in self.groups:  # at most two: decode and prefill
-            out[group.rows] = _attend(q[group.rows], k_cache, v_cache, group)
+            out[group.rows] = _attend(q[group.rows], kv, group)
         return out
 
 
@@ -72,26 +76,31 @@ class TorchAttentionBackend:
         )
 
 
-def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+def _attend(q: torch.Tensor, kv: KVCacheView, group: AttentionGroup) -> torch.Tensor:
     """The queries of one group ([rows, H, D]) against their sequences' gathered K and V."""
     num_seqs = group.block_tables.shape[0]
     num_heads, head_dim = q.shape[1], q.shape[2]
-    kvh = k_cache.shape[1]
+    kvh = kv.keys.shape[1]
     if group.query_index is not None:
         q = q.index_select(0, group.query_index)
     lq, g = group.max_query_len, num_heads // kvh
     # Fold the query heads that share a KV head into the query axis: GQA without repeating K and V.
     q = q.view(num_seqs, lq, kvh, g, head_dim).permute(0, 2, 1, 3, 4).reshape(num_seqs, kvh, lq * g, head_dim)
-    keys = _gather(k_cache.transpose(2, 3), group.block_tables)
-    values = _gather(v_cache, group.block_tables)
+    keys = _gather(kv.keys.transpose(2, 3), kv.key_scales, group.block_tables, q.dtype)
+    values = _gather(kv.values, kv.value_scales, group.block_tables, q.dtype)
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=group.mask, scale=head_dim**-0.5)
     out = out.view(num_seqs, kvh, lq, g, head_dim).permute(0, 2, 1, 3, 4).reshape(num_seqs * lq, num_heads, head_dim)
     return out if group.query_valid is None else out[group.query_valid]
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """cache: [num_blocks, KVH, block_size, D] (a view); returns [B, KVH, max_blocks * block_size, D]."""
+def _gather(
+    cache: torch.Tensor, scales: torch.Tensor | None, block_tables: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """cache: [num_blocks, KVH, block_size, D] (a view), with its [num_blocks, KVH, block_size]
+    scales where int8; returns [B, KVH, max_blocks * block_size, D] in dtype."""
     num_seqs, max_blocks = block_tables.shape
     _, kvh, block_size, head_dim = cache.shape
     blocks = cache[block_tables.flatten()].view(num_seqs, max_blocks, kvh, block_size, head_dim)
+    if scales is not None:
+        blocks = (blocks * scales[block_tables.flatten()].view(num_seqs, max_blocks, kvh, block_size, 1)).to(dtype)
     return blocks.transpose(1, 2).reshape(num_seqs, kvh, max_blocks * block_size, head_dim)

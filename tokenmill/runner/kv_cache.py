@@ -12,6 +12,8 @@ from tokenmill.model.arch_config import ArchConfig
 
 logger = logging.getLogger(__name__)
 
+SCALE_DTYPE = torch.float32  # an int8 cache's scales, one per token, KV head and K or V
+
 
 @dataclass(frozen=True)
 class KVCacheSize:
@@ -26,15 +28,27 @@ class KVCacheSize:
         )
 
 
-def block_bytes(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:
-    """K and V, every layer, one block: 2 * layers * block_size * kv_heads * head_dim * element size."""
-    element = torch.empty(0, dtype=dtype).element_size()
-    return 2 * arch.num_layers * block_size * arch.num_kv_heads * arch.head_dim * element
+def kv_storage_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
+    """The pool's element type for CacheConfig.kv_cache_dtype: the model's dtype (auto) or int8."""
+    if kv_cache_dtype == "fp8":
+        raise ValueError(
+            "kv_cache_dtype 'fp8' is not supported: the CPU has no float8 arithmetic and tokenmill has no "
+            "float8 KV path for GPUs; use kv_cache_dtype 'int8', which also stores one byte per element "
+            "(with a float32 scale per token and KV head)"
+        )
+    return torch.int8 if kv_cache_dtype == "int8" else dtype
 
 
-def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, dtype: torch.dtype, device: torch.device) -> KVCacheSize:
+def block_bytes(arch: ArchConfig, block_size: int, kv_dtype: torch.dtype) -> int:
+    """K and V, every layer, one block: 2 * layers * block_size * kv_heads * (head_dim elements, and
+    for int8 one float32 scale)."""
+    per_token_head = arch.head_dim * kv_dtype.itemsize + (SCALE_DTYPE.itemsize if kv_dtype == torch.int8 else 0)
+    return 2 * arch.num_layers * block_size * arch.num_kv_heads * per_token_head
+
+
+def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, kv_dtype: torch.dtype, device: torch.device) -> KVCacheSize:
     budget = cfg.kv_cache_memory or int(available_memory(device) * cfg.kv_cache_memory_fraction)
-    per_block = block_bytes(arch, cfg.block_size, dtype)
+    per_block = block_bytes(arch, cfg.block_size, kv_dtype)
     size = KVCacheSize(budget // per_block, per_block, budget)
     if size.num_blocks < 1:
         raise ValueError(f"kv_cache_memory of {budget} bytes holds no block ({per_block} bytes each)")
@@ -43,12 +57,17 @@ def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, dtype: torch.dtype, device
 
 
 def allocate_kv_cache(
-    arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """[layers, 2, num_blocks, block_size * kv_heads * head_dim]: K and V blocks of every layer,
-    laid out inside a block as the attention backends read them (model.attention.kv_block_views)."""
+    arch: ArchConfig, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The pool, [layers, 2, num_blocks, block_size * kv_heads * head_dim]: K and V blocks of every
+    layer, laid out inside a block as the attention backends read them (model.attention.kv_block_views);
+    for int8, also its scales, [layers, 2, num_blocks, kv_heads * block_size]."""
     shape = (arch.num_layers, 2, num_blocks, block_size * arch.num_kv_heads * arch.head_dim)
-    return torch.zeros(shape, dtype=dtype, device=device)
+    pool = torch.zeros(shape, dtype=kv_dtype, device=device)
+    if kv_dtype != torch.int8:
+        return pool, None
+    scales = torch.zeros(shape[:3] + (arch.num_kv_heads * block_size,), dtype=SCALE_DTYPE, device=device)
+    return pool, scales
 
 
 def available_memory(device: torch.device) -> int:

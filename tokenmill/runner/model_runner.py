@@ -18,7 +18,7 @@ from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import prepare_input
 from tokenmill.runner.host_memory import keep_activations_on_heap
-from tokenmill.runner.kv_cache import allocate_kv_cache, size_kv_cache
+from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.sampler import Sampler
 
 logger = logging.getLogger(__name__)
@@ -40,18 +40,25 @@ class ModelRunner:
         if self.device.type == "cpu":
             keep_activations_on_heap()
         start = time.monotonic()
-        self.kv_size = size = size_kv_cache(self.arch, cache_config, model_config.dtype, self.device)
+        kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, model_config.dtype)
+        self.kv_size = size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device)
         self.num_blocks = size.num_blocks
-        self.kv_cache = allocate_kv_cache(self.arch, size.num_blocks, self.block_size, model_config.dtype, self.device)
-        for layer_pool, attn in zip(self.kv_cache, self.model.attention_layers()):
-            attn.k_cache, attn.v_cache = kv_block_views(layer_pool, self.block_size, attn.num_kv_heads, attn.head_dim)
-        logger.info("allocated the KV cache in %.2f s", time.monotonic() - start)
+        self.kv_cache, self.kv_scales = allocate_kv_cache(self.arch, self.num_blocks, self.block_size, kv_dtype,
+                                                          self.device)
+        self._bind_kv_cache()
+        logger.info("allocated the %s KV cache in %.2f s", kv_dtype, time.monotonic() - start)
         self.attention = select_attention_backend(
             model_config.attention_backend, self.device, model_config.dtype, self.arch.num_queries_per_kv
         )
         logger.info("attention backend: %s", self.attention.name)
         self._bind_fused_ops()
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
+
+    def _bind_kv_cache(self) -> None:
+        """Gives each attention layer its views of the pool (and, for int8, of the scales)."""
+        for layer, attn in enumerate(self.model.attention_layers()):
+            scales = None if self.kv_scales is None else self.kv_scales[layer]
+            attn.kv = kv_block_views(self.kv_cache[layer], scales, self.block_size, attn.num_kv_heads, attn.head_dim)
 
     def _bind_fused_ops(self) -> None:
         """The C elementwise kernels go with the C attention kernel: float32 on the CPU."""

@@ -1,6 +1,7 @@
 /* The inner loop of paged_attention.c in AVX-512 intrinsics, for block_size 16 (one key block is
  * one 16-lane register) and head_dim a multiple of 16: the common shapes. Up to R_MAX query rows
  * share each key and value load; their scores, softmax state and accumulators stay in registers.
+ * Part of paged_attention.c, which includes it after defining KVHead and kv_block.
  *
  * A row's arithmetic is the same whichever rows it is grouped with, so a token's attention output
  * is bit-identical in a decode step and in a prefill chunk (batch invariance rests on this). */
@@ -34,12 +35,19 @@ static inline __m512 exp512_nonpositive(__m512 x) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
+/* 16 elements from index i of a float32 block, or of an int8 one, as float32. */
+static inline __m512 load16(const void *base, int64_t i, const int int8) {
+    if (int8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + i))));
+    return _mm512_loadu_ps((const float *)base + i);
+}
+
 /* R rows (constant after inlining) of head_dim 16 * DV against the keys [0, num_keys) of a
  * sequence, block by block with online softmax. Keys of a block past a row's position are masked. */
 static inline __attribute__((always_inline)) void attend_rows_avx512(
-    const float *const q_rows[], const int64_t row_pos[], const float *k_base, const float *v_base,
-    const int32_t *table, int64_t num_keys, int64_t block_stride, float scale, float *const out_rows[],
-    const int prefetch, const int R, const int DV) {
+    const float *const q_rows[], const int64_t row_pos[], const KVHead *kv, const int32_t *table,
+    int64_t num_keys, float scale, float *const out_rows[], const int prefetch, const int R, const int DV,
+    const int int8) {
     enum { BS = 16 };
     const int D = DV * 16;
     __m512 acc[R_MAX][DV_MAX];
@@ -54,24 +62,32 @@ static inline __attribute__((always_inline)) void attend_rows_avx512(
         l[r] = 0.0f;
     }
     for (int64_t b = 0; b * BS < num_keys; b++) {
-        const float *keys_t = k_base + (int64_t)table[b] * block_stride; /* [D, 16] */
-        const float *values = v_base + (int64_t)table[b] * block_stride; /* [16, D] */
+        const KVBlock blk = kv_block(kv, table[b], int8);
         /* Blocks are scattered, so the hardware cannot guess the next one: the first row group of a
-         * tile fetches it while on this one (a line of K and of V per dimension), the others find
-         * it in cache. On the last block, it fetches that block again: a no-op. */
-        const int64_t next = (b + 1) * BS < num_keys ? table[b + 1] : table[b];
-        const float *next_k = k_base + next * block_stride, *next_v = v_base + next * block_stride;
+         * tile fetches it while on this one (each 64-byte line of its K and V, and of its scales),
+         * the others find it in cache. On the last block, it fetches that block again: a no-op. */
+        const KVBlock next = kv_block(kv, (b + 1) * BS < num_keys ? table[b + 1] : table[b], int8);
+        const int elem = int8 ? 1 : 4, dims_per_line = int8 ? 4 : 1; /* a d's 16 keys: a line or a quarter */
+        if (prefetch && int8) {
+            _mm_prefetch((const char *)next.key_scales, _MM_HINT_T0);
+            _mm_prefetch((const char *)next.value_scales, _MM_HINT_T0);
+        }
         __m512 s[R_MAX];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) s[r] = _mm512_setzero_ps();
         for (int d = 0; d < D; d++) {
-            if (prefetch) {
-                _mm_prefetch((const char *)(next_k + d * BS), _MM_HINT_T0);
-                _mm_prefetch((const char *)(next_v + d * BS), _MM_HINT_T0);
+            if (prefetch && d % dims_per_line == 0) {
+                _mm_prefetch((const char *)next.keys_t + d * BS * elem, _MM_HINT_T0);
+                _mm_prefetch((const char *)next.values + d * BS * elem, _MM_HINT_T0);
             }
-            const __m512 k = _mm512_loadu_ps(keys_t + d * BS);
+            const __m512 k = load16(blk.keys_t, d * BS, int8);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) s[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d]), k, s[r]);
+        }
+        if (int8) {
+            const __m512 key_scales = _mm512_loadu_ps(blk.key_scales);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) s[r] = _mm512_mul_ps(s[r], key_scales);
         }
         int used = 0; /* keys of this block that some row sees */
 #pragma GCC unroll 8
@@ -86,7 +102,8 @@ static inline __attribute__((always_inline)) void attend_rows_avx512(
             const float new_max = fmaxf(m[r], _mm512_mask_reduce_max_ps(seen, s[r]));
             const float correction = exp_nonpositive(m[r] - new_max);
             const __m512 e = _mm512_maskz_mov_ps(seen, exp512_nonpositive(_mm512_sub_ps(s[r], _mm512_set1_ps(new_max))));
-            _mm512_store_ps(weights[r], e);
+            /* int8: the weights carry the value scales; the sum below stays the softmax's */
+            _mm512_store_ps(weights[r], int8 ? _mm512_mul_ps(e, _mm512_loadu_ps(blk.value_scales)) : e);
             const __m512 c = _mm512_set1_ps(correction);
 #pragma GCC unroll 8
             for (int v = 0; v < DV; v++) acc[r][v] = _mm512_mul_ps(acc[r][v], c);
@@ -96,7 +113,7 @@ static inline __attribute__((always_inline)) void attend_rows_avx512(
         for (int t = 0; t < used; t++) {
             __m512 val[DV_MAX];
 #pragma GCC unroll 8
-            for (int v = 0; v < DV; v++) val[v] = _mm512_loadu_ps(values + t * D + v * 16);
+            for (int v = 0; v < DV; v++) val[v] = load16(blk.values, t * D + v * 16, int8);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 const __m512 w = _mm512_set1_ps(weights[r][t]);
