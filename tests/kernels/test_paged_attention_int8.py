@@ -8,7 +8,8 @@ import torch
 
 from tests.kernels.paged_inputs import HAS_AVX512, NATIVE, dequantized, quantized, random_batch, random_kv, strided_q
 from tokenmill.kernels.paged_attention import CpuAttentionBackend, write_int8
-from tokenmill.model.attention import AttentionBackend, KVCacheView, kv_block_views, quantize_int8
+from tokenmill.model.attention import AttentionBackend, KVCacheView, kv_block_views
+from tokenmill.quant.tensor import symmetric_int8
 from tokenmill.model.torch_attention import TorchAttentionBackend
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16  # the default model's attention
@@ -35,7 +36,7 @@ def test_quantizing_rounds_each_element_to_the_nearest_step_of_its_tokens_scale(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(500, KV_HEADS, HEAD_DIM, generator=gen) * torch.rand(500, KV_HEADS, 1, generator=gen) * 20
     x[0, 1] = 0
-    q, scales = quantize_int8(x)
+    q, scales = symmetric_int8(x)
     assert q.dtype == torch.int8 and scales.shape == (500, KV_HEADS)
     assert torch.equal(scales, x.abs().amax(dim=-1) / 127)
     assert torch.equal(q[0, 1], torch.zeros(HEAD_DIM, dtype=torch.int8)) and scales[0, 1] == 0

@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from tokenmill.quant.tensor import symmetric_int8
+
 
 @dataclass(frozen=True)
 class AttentionBatch:
@@ -73,20 +75,11 @@ class KVCacheView:
             self.keys[blocks, :, :, offsets] = k
             self.values[blocks, :, offsets, :] = v
             return
-        (k8, v8), scales = quantize_int8(torch.stack((k, v)))
+        (k8, v8), scales = symmetric_int8(torch.stack((k, v)))
         self.keys[blocks, :, :, offsets] = k8
         self.values[blocks, :, offsets, :] = v8
         self.key_scales[blocks, :, offsets] = scales[0]
         self.value_scales[blocks, :, offsets] = scales[1]
-
-
-def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 over the last dimension: (int8 values, float32 scales) with x ~ int8 * scale."""
-    x = x.float()
-    scales = x.abs().amax(dim=-1) / 127
-    # A zero vector has scale 0; dividing it by any positive number keeps it 0.
-    q = (x / scales.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)).round_()
-    return q.clamp_(-127, 127).to(torch.int8), scales
 
 
 def kv_block_views(

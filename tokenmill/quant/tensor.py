@@ -64,12 +64,20 @@ def concat_rows(parts: Sequence[QuantizedTensor]) -> QuantizedTensor:
     )
 
 
+def symmetric_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over the last dimension: (int8 values, float32 scales), x ~ int8 * scale, scale = max |x| / 127.
+    The int8 KV cache stores each token's head this way (its C writer follows it step for step)."""
+    x = x.float()
+    scales = x.abs().amax(dim=-1) / 127
+    # A zero vector has scale 0; dividing it by any positive number keeps it 0.
+    q = (x / scales.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)).round_()
+    return q.clamp_(-127, 127).to(torch.int8), scales
+
+
 def quantize_int8(w: torch.Tensor) -> QuantizedTensor:
     """Symmetric, one scale per output channel: q = round(w / scale), |q| <= 127."""
-    w = w.float()
-    scale = (w.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
-    return QuantizedTensor(q, scale, None, 8)
+    q, scale = symmetric_int8(w)
+    return QuantizedTensor(q, scale[:, None], None, 8)
 
 
 def quantize_int4(w: torch.Tensor, group: int) -> QuantizedTensor:

@@ -289,8 +289,8 @@ void paged_attention_int8(const float *q, const int8_t *k_cache, const int8_t *v
 }
 
 /* A token's head_dim values x as int8 at out[0], out[stride], ...: scale = max |x| / 127 and
- * x ~ scale * int8, rounded half to even, which is torch's arithmetic in model/attention.py's
- * quantize_int8 step for step, so the two write the same bits. */
+ * x ~ scale * int8, rounded half to even, which is torch's arithmetic in quant/tensor.py's
+ * symmetric_int8 step for step, so the two write the same bits. */
 static inline float quantize_int8(const float *x, int64_t D, int8_t *out, int64_t stride) {
     float absmax = 0.0f;
     for (int64_t d = 0; d < D; d++) absmax = fmaxf(absmax, fabsf(x[d]));
