@@ -66,6 +66,8 @@ def test_quantized_layers_replace_every_matrix(make_llm):
     layer = model.model.layers[0]
     assert (layer.self_attn.qkv_proj.bits, layer.mlp.down_proj.bits, model.lm_head.bits) == (4, 4, 8)
     assert model.model.embed_tokens.source is model.lm_head  # tied: one matrix for both
+    # Nothing holds on to the float weights (an autograd graph behind the scales once did).
+    assert all(b.grad_fn is None and not b.requires_grad for b in model.buffers())
 
 
 def test_bad_quantization_options_are_clear(tmp_path):

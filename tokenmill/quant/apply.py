@@ -24,7 +24,8 @@ def quantize_model(model: nn.Module, method: str, group_size: int, kernel: Quant
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding) or (isinstance(module, nn.Linear) and name not in tied):
             wide = method == "int8" or isinstance(module, nn.Embedding) or name == OUTPUT_LAYER
-            weights[name] = quantize_int8(module.weight) if wide else quantize_int4(module.weight, group_size)
+            w = module.weight.detach()  # or the scales' autograd graph would keep the float weights alive
+            weights[name] = quantize_int8(w) if wide else quantize_int4(w, group_size)
     install_quantized(model, weights, kernel)
 
 

@@ -29,3 +29,12 @@ def keep_activations_on_heap() -> bool:
     if not ok:
         logger.info("could not tune the C allocator: large activations stay mmapped")
     return ok
+
+
+def return_freed_memory() -> None:
+    """Gives the OS back what loading freed (float weights quantized away, dequantized file tensors):
+    glibc keeps freed heap pages resident until asked, and loading frees hundreds of megabytes."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        logger.info("could not trim the C heap")

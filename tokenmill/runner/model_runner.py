@@ -17,7 +17,7 @@ from tokenmill.model.layers import bind_fused_ops
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import prepare_input
-from tokenmill.runner.host_memory import keep_activations_on_heap
+from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
 from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.sampler import Sampler
 
@@ -38,6 +38,7 @@ class ModelRunner:
         self.device = model_config.device
         self.block_size = cache_config.block_size
         if self.device.type == "cpu":
+            return_freed_memory()
             keep_activations_on_heap()
         start = time.monotonic()
         kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, model_config.dtype)
