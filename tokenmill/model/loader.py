@@ -48,6 +48,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = build_model(arch)
     quantized = model.load_weights(weights)
     kernel = QuantMatmul.load() if cfg.device.type == "cpu" else None
+    if kernel is None and cfg.quantization != "none":
+        logger.warning("no quantized matrix kernel on %s: quantized layers dequantize their weights on every "
+                       "call (correct, but slow)", cfg.device)
     if quantized:
         install_quantized(model, quantized, kernel)
     elif cfg.quantization in ("int8", "int4"):

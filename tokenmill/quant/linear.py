@@ -1,13 +1,11 @@
 """Linear and embedding layers over packed quantized weights (tokenmill/quant/packing.py).
 
 On the CPU the matrix product is the C kernel (tokenmill/kernels/quant_matmul.py). Elsewhere, or
-where no C compiler is found, the reference path dequantizes the matrix on every call: correct,
-and logged as slow.
+where no C compiler is found, the reference path dequantizes the matrix on every call: correct
+but slow (the loader warns).
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +13,6 @@ from torch import nn
 
 from tokenmill.kernels.quant_matmul import QuantMatmul
 from tokenmill.quant.packing import PackedWeight
-
-logger = logging.getLogger(__name__)
 
 
 class QuantLinear(nn.Module):
