@@ -69,6 +69,12 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPE_CHOICES)
+        if self.kv_cache_dtype == "fp8":  # accepted as a name vLLM users pass, refused before any loading
+            raise ValueError(
+                "kv_cache_dtype 'fp8' is not supported: the CPU has no float8 arithmetic and tokenmill has no "
+                "float8 KV path for GPUs; use kv_cache_dtype 'int8', which also stores one byte per element "
+                "(with a float32 scale per token and KV head)"
+            )
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

@@ -26,10 +26,14 @@ class QuantLinear(nn.Module):
         self.register_buffer("offsets", weight.offset)
         self.register_buffer("bias", None if bias is None else _pad(bias.float(), weight.padded_out_features))
         self.kernel = kernel
+        self.packed = weight
 
-    @property
-    def packed(self) -> PackedWeight:
-        return PackedWeight(self.qweight, self.scales, self.offsets, self.bits, self.out_features, self.in_features)
+    def _apply(self, fn, recurse: bool = True) -> QuantLinear:
+        """After .to() and friends, the packed view follows the moved buffers (built once, not per call)."""
+        super()._apply(fn, recurse)
+        self.packed = PackedWeight(self.qweight, self.scales, self.offsets, self.bits, self.out_features,
+                                   self.in_features)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None and x.device.type == "cpu" and x.dtype == torch.float32:

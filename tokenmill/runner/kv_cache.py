@@ -30,12 +30,6 @@ class KVCacheSize:
 
 def kv_storage_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
     """The pool's element type for CacheConfig.kv_cache_dtype: the model's dtype (auto) or int8."""
-    if kv_cache_dtype == "fp8":
-        raise ValueError(
-            "kv_cache_dtype 'fp8' is not supported: the CPU has no float8 arithmetic and tokenmill has no "
-            "float8 KV path for GPUs; use kv_cache_dtype 'int8', which also stores one byte per element "
-            "(with a float32 scale per token and KV head)"
-        )
     return torch.int8 if kv_cache_dtype == "int8" else dtype
 
 
