@@ -44,3 +44,13 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "tokenmill"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "generate" in result.stdout and "chat" in result.stdout
+
+
+def test_speculative_config_is_a_json_object(cli_llm, capsys):
+    assert cli.main(["generate", "Hi", "--max-tokens", "2", "--speculative-config",
+                     '{"method": "ngram", "num_speculative_tokens": 5}']) == 0
+    assert cli.engine_options(cli_llm[0])["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5}
+    for bad in ("{method: ngram}", '["ngram"]'):
+        with pytest.raises(SystemExit):
+            cli.main(["generate", "Hi", "--speculative-config", bad])
+    assert "--speculative-config" in capsys.readouterr().err

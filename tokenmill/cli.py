@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -48,6 +49,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="int4: input channels per scale")
     parser.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=KV_CACHE_DTYPE_CHOICES,
                         help="int8: one byte per K/V element with a scale per token and head")
+    parser.add_argument("--speculative-config", type=_json_object, default=None,
+                        help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'')
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -66,6 +79,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
         enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
+        speculative_config=args.speculative_config,
     )  # fmt: skip
 
 

@@ -97,6 +97,39 @@ class SchedulerConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
 
 
+SPECULATIVE_METHODS = ("ngram",)
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding, as vLLM's speculative_config: a proposer guesses up to
+    num_speculative_tokens tokens, and one forward pass of the model verifies them."""
+
+    method: str  # one of SPECULATIVE_METHODS
+    num_speculative_tokens: int = 3
+    prompt_lookup_max: int = 3  # ngram: the longest suffix matched against the tokens so far
+    prompt_lookup_min: int = 1  # ngram: the shortest
+
+    def __post_init__(self) -> None:
+        _check_choice("speculative method", self.method, SPECULATIVE_METHODS)
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(f"need 1 <= prompt_lookup_min <= prompt_lookup_max, got {self.prompt_lookup_min} "
+                             f"and {self.prompt_lookup_max}")
+
+    @classmethod
+    def from_dict(cls, options: dict) -> SpeculativeConfig:
+        """From `speculative_config={...}` (LLM) or `--speculative-config '{...}'` (serve)."""
+        known = {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown speculative_config keys {unknown}; known: {sorted(known)}")
+        if "method" not in options:
+            raise ValueError(f"speculative_config needs a method, one of {', '.join(SPECULATIVE_METHODS)}")
+        return cls(**options)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything an engine is built from: what `LLM(...)` and `tokenmill serve` hand down."""
@@ -104,6 +137,7 @@ class EngineConfig:
     model: ModelConfig
     cache: CacheConfig
     scheduler: SchedulerConfig
+    speculative: SpeculativeConfig | None = None
 
     @classmethod
     def create(
@@ -124,6 +158,7 @@ class EngineConfig:
         kv_cache_dtype: str = CacheConfig.kv_cache_dtype,
         quantization: str | None = None,
         quantization_group_size: int = ModelConfig.quantization_group_size,
+        speculative_config: dict | None = None,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model."""
         from tokenmill.model.default import default_model_path
@@ -142,6 +177,7 @@ class EngineConfig:
             model_config,
             CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching, kv_cache_dtype),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens),
+            SpeculativeConfig.from_dict(speculative_config) if speculative_config else None,
         )
 
 

@@ -22,7 +22,7 @@ class LLM:
         are vLLM's names, listed with their defaults in `EngineConfig.create`: dtype, device, seed,
         block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory,
         kv_cache_memory_fraction, attention_backend, enable_prefix_caching, kv_cache_dtype,
-        quantization, quantization_group_size."""
+        quantization, quantization_group_size, speculative_config."""
         self.engine = LLMEngine(EngineConfig.create(model, **engine_options))
         self.tokenizer = self.engine.tokenizer
 

@@ -20,6 +20,7 @@ from tokenmill.model.loader import load_model
 from tokenmill.outputs import RequestOutput
 from tokenmill.runner.model_runner import ModelRunner, RunnerOutput
 from tokenmill.sampling_params import SamplingParams
+from tokenmill.spec.speculator import Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size, prefix_cache)
         self.max_model_len = self._max_model_len(config.model.max_model_len)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
+        self.speculator = Speculator(config.speculative, self.max_model_len) if config.speculative else None
         self.device = config.model.device
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
@@ -131,13 +133,27 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Runs one batched forward pass; returns the requests that gained tokens or finished."""
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
         self._mark_scheduled(sched)
         result = self.runner.execute(sched)
-        self.scheduler.update(sched)
+        self.scheduler.update(sched, self._num_rejected(sched, result))
         return self._process(result)
+
+    def _num_rejected(self, sched: SchedulerOutput, result: RunnerOutput) -> list[int]:
+        """Per scheduled sequence, the proposals the model did not accept (their KV is rolled back)."""
+        produced = {seq.seq_id: len(tokens) for seq, tokens in zip(result.seqs, result.token_ids)}
+        rejected = []
+        for seq in sched.seqs:
+            proposed = len(seq.spec_token_ids)
+            accepted = produced[seq.seq_id] - 1 if proposed else 0
+            if proposed and self.speculator is not None:
+                self.speculator.record(proposed, accepted)
+            rejected.append(proposed - accepted)
+        return rejected
 
     def _mark_scheduled(self, sched: SchedulerOutput) -> None:
         now = time.monotonic()
@@ -151,13 +167,15 @@ class LLMEngine:
     def _process(self, result: RunnerOutput) -> list[RequestOutput]:
         now = time.monotonic()
         touched: dict[str, Request] = {}
-        for seq, token_id, logprobs in zip(result.seqs, result.token_ids, result.logprobs):
+        for seq, token_ids, logprobs in zip(result.seqs, result.token_ids, result.logprobs):
             request = self.requests[seq.request_id]
             detok = request.detokenizers[seq.index]
-            finish = append_token(seq, detok, token_id, logprobs, self.tokenizer, self.tokenizer.eos_token_id,
-                                  self.max_model_len)
-            if finish is not None:
-                self.scheduler.finish(seq, *finish)
+            for token_id in token_ids:  # several when proposals were accepted: up to the first that ends it
+                finish = append_token(seq, detok, token_id, logprobs, self.tokenizer, self.tokenizer.eos_token_id,
+                                      self.max_model_len)
+                if finish is not None:
+                    self.scheduler.finish(seq, *finish)
+                    break
             if request.metrics.first_token_time is None:
                 request.metrics.first_token_time = now
             touched[request.request_id] = request

@@ -64,6 +64,10 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if num_tokens + len(seq.spec_token_ids) <= budget:  # proposals go whole or not at all
+                num_tokens += len(seq.spec_token_ids)
+            else:
+                seq.spec_token_ids = []
             if not self._make_room(seq, num_tokens, out):
                 break  # seq itself was preempted: everything after it already was
             self.block_manager.allocate(seq.block_table, seq.num_computed_tokens + num_tokens)
@@ -141,21 +145,27 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        seq.spec_token_ids = []
         self.block_manager.free(seq.block_table)
         seq.num_computed_tokens = seq.num_cached_blocks = 0
         self.num_preemptions += 1
         self.add(seq)
 
-    def update(self, out: SchedulerOutput) -> None:
-        """Records the tokens the step computed; names the blocks they filled in the prefix cache."""
+    def update(self, out: SchedulerOutput, num_rejected: list[int] | None = None) -> None:
+        """Records the tokens the step computed, less the speculative ones the model rejected (their
+        KV rolled back, the blocks that held only them freed); names full blocks in the prefix cache."""
         cache = self.block_manager.prefix_cache
-        for seq, num_tokens in zip(out.seqs, out.num_new_tokens):
-            seq.num_computed_tokens += num_tokens
+        for seq, num_tokens, rejected in zip(out.seqs, out.num_new_tokens, num_rejected or [0] * len(out.seqs)):
+            seq.num_computed_tokens += num_tokens - rejected
+            if rejected:
+                self.block_manager.trim(seq.block_table, seq.num_computed_tokens)
+            seq.spec_token_ids = []
             if cache is not None:
                 self._cache_full_blocks(seq, cache)
 
     def _cache_full_blocks(self, seq: Sequence, cache: PrefixCache) -> None:
-        num_full = seq.num_computed_tokens // self.block_manager.block_size
+        # Accepted proposals are computed but join token_ids only after this: name those blocks later.
+        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_manager.block_size
         if num_full <= seq.num_cached_blocks:
             return
         chain_hashes(seq.token_ids, self.block_manager.block_size, num_full, seq.block_hashes, seq.cache_salt)

@@ -46,6 +46,8 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)
     num_cached_blocks: int = 0
     num_cached_tokens: int | None = None
+    # Speculative decoding: tokens proposed for the next step, verified (and cleared) by it.
+    spec_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -72,6 +72,13 @@ class BlockManager:
                 self._free[block_id] = None
         block_table.clear()
 
+    def trim(self, block_table: list[int], num_tokens: int) -> None:
+        """Frees the table's blocks beyond those holding num_tokens tokens (speculative tokens the
+        model rejected), tail first."""
+        keep = -(-num_tokens // self.block_size)
+        self.free(block_table[keep:])
+        del block_table[keep:]
+
     def free_block_ids(self) -> list[int]:
         """The free queue, front (reused first) to back."""
         return list(self._free)

@@ -16,8 +16,9 @@ class ModelInput:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     attn: AttentionBatch
-    logits_indices: torch.Tensor  # [S] rows whose next token is sampled
-    sampled_seqs: list[Sequence]  # the S sequences those rows belong to, in order
+    logits_indices: torch.Tensor  # rows whose next token is sampled, or verified
+    sampled_seqs: list[Sequence]  # the sequences those rows belong to, in order
+    num_logits: list[int]  # rows per sampled sequence: 1, or 1 + its proposals
 
 
 def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device) -> ModelInput:
@@ -30,13 +31,17 @@ def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device)
     positions: list[int] = []
     logits_rows: list[int] = []
     sampled: list[Sequence] = []
+    num_logits: list[int] = []
     for seq, n in zip(seqs, num_new):
         start = seq.num_computed_tokens
-        input_ids += seq.token_ids[start : start + n]
+        known = seq.token_ids + seq.spec_token_ids if seq.spec_token_ids else seq.token_ids
+        input_ids += known[start : start + n]
         positions += range(start, start + n)
-        if start + n == seq.num_tokens:  # caught up: this step yields its next token
-            logits_rows.append(len(input_ids) - 1)
+        if start + n == len(known):  # caught up: this step yields its next token(s)
+            rows = 1 + len(seq.spec_token_ids)  # a proposal's row checks it and the next one
+            logits_rows += range(len(input_ids) - rows, len(input_ids))
             sampled.append(seq)
+            num_logits.append(rows)
 
     pos = torch.tensor(positions, dtype=torch.long)
     tables = _padded_block_tables(seqs)
@@ -57,6 +62,7 @@ def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device)
         attn=_to(attn, device),
         logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
         sampled_seqs=sampled,
+        num_logits=num_logits,
     )
 
 

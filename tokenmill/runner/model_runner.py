@@ -20,15 +20,16 @@ from tokenmill.runner.batch import prepare_input
 from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
 from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.sampler import Sampler
+from tokenmill.spec.verify import accept_greedy, accept_sampled
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RunnerOutput:
-    seqs: list[Sequence]  # the sequences that produced a token this step
-    token_ids: list[int]
-    logprobs: list[dict[int, Logprob] | None]
+    seqs: list[Sequence]  # the sequences that produced tokens this step
+    token_ids: list[list[int]]  # one each, or with speculation the accepted proposals and one more
+    logprobs: list[dict[int, Logprob] | None]  # for the first token (speculation asks for none)
 
 
 class ModelRunner:
@@ -76,5 +77,33 @@ class ModelRunner:
         if not batch.sampled_seqs:
             return RunnerOutput([], [], [])
         logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
-        sampled = self.sampler(logits, batch.sampled_seqs)
-        return RunnerOutput(batch.sampled_seqs, sampled.token_ids, sampled.logprobs)
+        if len(logits) == len(batch.sampled_seqs):  # no proposals this step
+            sampled = self.sampler(logits, batch.sampled_seqs)
+            return RunnerOutput(batch.sampled_seqs, [[t] for t in sampled.token_ids], sampled.logprobs)
+        return self._verify(logits, batch.sampled_seqs, batch.num_logits)
+
+    def _verify(self, logits: torch.Tensor, seqs: list[Sequence], num_logits: list[int]) -> RunnerOutput:
+        """Sequences with proposals verify them over their rows (greedy, or by rejection sampling);
+        the others sample their one row."""
+        ends = torch.tensor(num_logits).cumsum(0).tolist()
+        plain = [i for i, n in enumerate(num_logits) if n == 1]
+        sampled = self.sampler(logits[[ends[i] - 1 for i in plain]], [seqs[i] for i in plain])
+        token_ids: list[list[int]] = [[] for _ in seqs]
+        logprobs: list[dict[int, Logprob] | None] = [None] * len(seqs)
+        for row, i in enumerate(plain):
+            token_ids[i], logprobs[i] = [sampled.token_ids[row]], sampled.logprobs[row]
+        targets = logits.argmax(-1).tolist()
+        stochastic = [i for i, n in enumerate(num_logits) if n > 1 and not seqs[i].params.is_greedy]
+        rows = [r for i in stochastic for r in range(ends[i] - num_logits[i], ends[i])]
+        probs = self.sampler.distribution(logits[rows], [seqs[i] for i in stochastic for _ in range(num_logits[i])])
+        start = 0
+        for i, (seq, end, n) in enumerate(zip(seqs, ends, num_logits)):
+            if n == 1:
+                continue
+            if seq.params.is_greedy:
+                token_ids[i] = accept_greedy(targets[end - n : end], seq.spec_token_ids)
+            else:
+                token_ids[i] = accept_sampled(probs[start : start + n], seq.spec_token_ids,
+                                              self.sampler.generator_for(seq))
+                start += n
+        return RunnerOutput(seqs, token_ids, logprobs)

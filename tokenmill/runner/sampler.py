@@ -37,12 +37,20 @@ class Sampler:
         greedy = logits.argmax(-1)
         if all(s.params.is_greedy for s in seqs):
             return greedy
-        temperature = _column([s.params.temperature or 1.0 for s in seqs], logits)
-        probs = _filter(logits / temperature, seqs).softmax(-1)
+        probs = self.distribution(logits, seqs)
         # Sampling as argmax(p / E) with E ~ Exp(1): one batched draw, and per-row seeds are easy.
         sampled = (probs / self._exponential_noise(probs, seqs)).argmax(-1)
         is_greedy = torch.tensor([s.params.is_greedy for s in seqs], device=logits.device)
         return torch.where(is_greedy, greedy, sampled)
+
+    def distribution(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """What each row samples from: temperature, then top-k/top-p/min-p, as probabilities."""
+        temperature = _column([s.params.temperature or 1.0 for s in seqs], logits)
+        return _filter(logits / temperature, seqs).softmax(-1)
+
+    def generator_for(self, seq: Sequence) -> torch.Generator:
+        """The request's own seeded generator, or the engine's."""
+        return seq.generator if seq.generator is not None else self.generator
 
     def _exponential_noise(self, probs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         noise = torch.empty_like(probs).exponential_(generator=self.generator)

@@ -1,0 +1,113 @@
+"""Speculative decoding inside the engine, on the real model: it never changes a greedy output,
+and the KV of rejected proposals goes back."""
+
+import pytest
+import torch
+
+from tokenmill import LLM, SamplingParams
+
+PROMPTS = [
+    "Repeat this list three times, exactly: apple, banana, cherry, date, elderberry, fig, grape.",
+    "Count from 1 to 40, separated by commas.",
+    "What is the capital of France?",
+    "Write a Python function that returns the square of a number, then the same for the cube.",
+    "Copy this sentence twice: the quick brown fox jumps over the lazy dog.",
+]
+GREEDY = SamplingParams(temperature=0, max_tokens=80)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
+# A small token budget chunks the prompts, so prefills and verifications share steps.
+ENGINE = {"kv_cache_memory": 64 * 2**20, "max_num_batched_tokens": 64}
+
+
+@pytest.fixture(scope="module")
+def plain() -> LLM:
+    return LLM(**ENGINE)
+
+
+@pytest.fixture(scope="module")
+def ngram() -> LLM:
+    return LLM(speculative_config=NGRAM, **ENGINE)
+
+
+def assert_every_block_free(llm: LLM) -> None:
+    manager = llm.engine.block_manager
+    assert not llm.engine.has_unfinished_requests()
+    assert manager.num_free_blocks == manager.num_blocks
+    assert all(count == 0 for count in manager.ref_counts)
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [list(out.outputs[0].token_ids) for out in outputs]
+
+
+def test_greedy_outputs_are_token_identical(plain, ngram):
+    expected = token_ids(plain.generate(PROMPTS, GREEDY, use_tqdm=False))
+    actual = token_ids(ngram.generate(PROMPTS, GREEDY, use_tqdm=False))
+    assert actual == expected
+    stats = ngram.engine.speculator.stats
+    # The prompts repeat themselves: proposals were made, many accepted, and not all (so rejected
+    # proposals were rolled back along the way).
+    assert 0 < stats.num_accepted < stats.num_proposed
+    assert_every_block_free(ngram)
+
+
+def test_one_at_a_time_and_with_sampled_neighbours(plain, ngram):
+    """Alone (every step speculative), and beside seeded sampled requests, which are speculated too
+    (by rejection sampling): the greedy outputs stay the same, and a seeded batch repeats itself."""
+    for prompt in PROMPTS[:2]:
+        expected = token_ids(plain.generate(prompt, GREEDY, use_tqdm=False))
+        assert token_ids(ngram.generate(prompt, GREEDY, use_tqdm=False)) == expected
+    mixed = [GREEDY, SamplingParams(temperature=0.8, seed=7, max_tokens=40)] * 2 + [GREEDY]
+    expected = token_ids(plain.generate(PROMPTS, mixed, use_tqdm=False))
+    actual = token_ids(ngram.generate(PROMPTS, mixed, use_tqdm=False))
+    assert [actual[i] for i in (0, 2, 4)] == [expected[i] for i in (0, 2, 4)]
+    assert token_ids(ngram.generate(PROMPTS, mixed, use_tqdm=False)) == actual
+    assert_every_block_free(ngram)
+
+
+def test_sampled_token_frequencies_are_unchanged(plain, ngram):
+    """Over 400 seeds, the token at output position 1 (the first that proposals, verified by rejection
+    sampling, decide) has the same distribution with speculation as without: a chi-square test of
+    homogeneity, at significance 0.001, over the tokens seen at least 10 times (the rest pooled)."""
+    prompt = "Say the word banana ten times: banana banana banana"
+    requests = [SamplingParams(temperature=1.5, top_k=10, seed=seed, max_tokens=4, ignore_eos=True)
+                for seed in range(400)]
+    proposed_before = ngram.engine.speculator.stats.num_proposed
+    columns = []
+    for llm in (plain, ngram):
+        columns.append([out.outputs[0].token_ids[1] for out in llm.generate([prompt] * 400, requests, use_tqdm=False)])
+    assert ngram.engine.speculator.stats.num_proposed > proposed_before
+    tokens = set(columns[0]) | set(columns[1])
+    common = sorted(t for t in tokens if columns[0].count(t) + columns[1].count(t) >= 10)
+    table = torch.tensor([[col.count(t) for t in common] + [sum(1 for x in col if x not in common)]
+                          for col in columns], dtype=torch.float64)
+    table = table[:, table.sum(0) > 0]
+    expected = table.sum(1, keepdim=True) * table.sum(0, keepdim=True) / table.sum()
+    statistic = ((table - expected) ** 2 / expected).sum()
+    degrees = table.shape[1] - 1
+    assert degrees >= 2, "too few distinct tokens to test"
+    assert float(torch.special.gammaincc(torch.tensor(degrees / 2), statistic / 2)) > 0.001
+
+
+def test_preemption_under_a_small_pool_loses_nothing():
+    """A pool of 17 blocks, too small for every sequence at once: sequences are preempted and recomputed while
+    others verify proposals; outputs stay greedy's and every block comes back."""
+    small = {"kv_cache_memory": 12 * 2**20, "max_num_batched_tokens": 64, "enable_prefix_caching": False}
+    params = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)  # ~7 blocks each
+    expected = token_ids(LLM(**small).generate(PROMPTS, params, use_tqdm=False))
+    llm = LLM(speculative_config=NGRAM, **small)
+    assert llm.engine.block_manager.num_blocks == 17
+    assert token_ids(llm.generate(PROMPTS, params, use_tqdm=False)) == expected
+    assert llm.engine.scheduler.num_preemptions > 0
+    assert_every_block_free(llm)
+
+
+def test_bad_speculative_configs_are_clear():
+    with pytest.raises(ValueError, match="needs a method"):
+        LLM(speculative_config={"num_speculative_tokens": 3})
+    with pytest.raises(ValueError, match="speculative method must be one of"):
+        LLM(speculative_config={"method": "telepathy"})
+    with pytest.raises(ValueError, match="unknown speculative_config keys"):
+        LLM(speculative_config={"method": "ngram", "k": 3})
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        LLM(speculative_config={"method": "ngram", "num_speculative_tokens": 0})
