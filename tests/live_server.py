@@ -47,7 +47,7 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while True:
             idle = all(self.metric(f"tokenmill:{name}") == 0
-                       for name in ("num_requestsRUNNING", "num_requests_waiting", "kv_cache_usage_perc"))
+                       for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"))
             if idle:
                 return
             assert time.monotonic() < deadline, f"server not idle: {self.metrics()}"

@@ -92,6 +92,9 @@ class EngineStats:
     num_preemptions: int  # since start
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache, since start
     prefix_cache_hits: int = 0  # of those, tokens found
+    speculative_method: str | None = None  # speculative decoding's proposer, if on
+    spec_draft_tokens: int = 0  # tokens it proposed, since start
+    spec_accepted_tokens: int = 0  # of those, tokens the model accepted
 
 
 @dataclass
@@ -175,7 +178,11 @@ def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | Abor
 
 
 def _stats(engine: LLMEngine) -> EngineStats:
-    scheduler, cache = engine.scheduler, engine.block_manager.prefix_cache
-    return EngineStats(len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage,
-                       scheduler.num_preemptions, cache.num_queried_tokens if cache is not None else 0,
-                       cache.num_hit_tokens if cache is not None else 0)
+    scheduler, cache, speculator = engine.scheduler, engine.block_manager.prefix_cache, engine.speculator
+    return EngineStats(
+        len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage, scheduler.num_preemptions,
+        cache.num_queried_tokens if cache is not None else 0, cache.num_hit_tokens if cache is not None else 0,
+        speculator.config.method if speculator is not None else None,
+        speculator.stats.num_proposed if speculator is not None else 0,
+        speculator.stats.num_accepted if speculator is not None else 0,
+    )

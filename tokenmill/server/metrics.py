@@ -41,6 +41,10 @@ class ServerMetrics:
                                       labels, registry=self.registry)
         self.prefix_hits = Counter("tokenmill:prefix_cache_hits", "Prompt tokens the prefix cache supplied", labels,
                                    registry=self.registry)
+        self.spec_drafts = Counter("tokenmill:spec_decode_num_draft_tokens", "Tokens proposed by speculative decoding",
+                                   [*labels, "method"], registry=self.registry)
+        self.spec_accepted = Counter("tokenmill:spec_decode_num_accepted_tokens",
+                                     "Proposed tokens the model accepted", [*labels, "method"], registry=self.registry)
         self.success = Counter("tokenmill:request_success", "Requests finished, by reason",
                                [*labels, "finished_reason"], registry=self.registry)
         self.rejected = Counter("tokenmill:request_rejected", "Requests refused, by reason", [*labels, "reason"],
@@ -60,6 +64,10 @@ class ServerMetrics:
         self.preemptions.labels(name).inc(stats.num_preemptions - seen.num_preemptions)
         self.prefix_queries.labels(name).inc(stats.prefix_cache_queries - seen.prefix_cache_queries)
         self.prefix_hits.labels(name).inc(stats.prefix_cache_hits - seen.prefix_cache_hits)
+        if stats.speculative_method is not None:  # acceptance rate: accepted / draft tokens
+            method = stats.speculative_method
+            self.spec_drafts.labels(name, method).inc(stats.spec_draft_tokens - seen.spec_draft_tokens)
+            self.spec_accepted.labels(name, method).inc(stats.spec_accepted_tokens - seen.spec_accepted_tokens)
         self._seen = stats
 
     def observe_tokens(self, num_tokens: int, since_last_s: float | None) -> None:
