@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -121,7 +121,7 @@ class SpeculativeConfig:
     @classmethod
     def from_dict(cls, options: dict) -> SpeculativeConfig:
         """From `speculative_config={...}` (LLM) or `--speculative-config '{...}'` (serve)."""
-        known = {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown speculative_config keys {unknown}; known: {sorted(known)}")

@@ -33,12 +33,11 @@ def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device)
     sampled: list[Sequence] = []
     num_logits: list[int] = []
     for seq, n in zip(seqs, num_new):
-        start = seq.num_computed_tokens
-        known = seq.token_ids + seq.spec_token_ids if seq.spec_token_ids else seq.token_ids
-        input_ids += known[start : start + n]
+        start, proposed = seq.num_computed_tokens, seq.spec_token_ids  # scheduled whole, or cleared
+        input_ids += seq.token_ids[start : start + n - len(proposed)] + proposed
         positions += range(start, start + n)
-        if start + n == len(known):  # caught up: this step yields its next token(s)
-            rows = 1 + len(seq.spec_token_ids)  # a proposal's row checks it and the next one
+        if start + n == seq.num_tokens + len(proposed):  # caught up: this step yields its next token(s)
+            rows = 1 + len(proposed)  # a proposal's row checks it and the next one
             logits_rows += range(len(input_ids) - rows, len(input_ids))
             sampled.append(seq)
             num_logits.append(rows)

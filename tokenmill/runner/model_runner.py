@@ -92,18 +92,13 @@ class ModelRunner:
         logprobs: list[dict[int, Logprob] | None] = [None] * len(seqs)
         for row, i in enumerate(plain):
             token_ids[i], logprobs[i] = [sampled.token_ids[row]], sampled.logprobs[row]
+        proposed = [i for i, n in enumerate(num_logits) if n > 1]
         targets = logits.argmax(-1).tolist()
-        stochastic = [i for i, n in enumerate(num_logits) if n > 1 and not seqs[i].params.is_greedy]
+        for i in (i for i in proposed if seqs[i].params.is_greedy):
+            token_ids[i] = accept_greedy(targets[ends[i] - num_logits[i] : ends[i]], seqs[i].spec_token_ids)
+        stochastic = [i for i in proposed if not seqs[i].params.is_greedy]
         rows = [r for i in stochastic for r in range(ends[i] - num_logits[i], ends[i])]
         probs = self.sampler.distribution(logits[rows], [seqs[i] for i in stochastic for _ in range(num_logits[i])])
-        start = 0
-        for i, (seq, end, n) in enumerate(zip(seqs, ends, num_logits)):
-            if n == 1:
-                continue
-            if seq.params.is_greedy:
-                token_ids[i] = accept_greedy(targets[end - n : end], seq.spec_token_ids)
-            else:
-                token_ids[i] = accept_sampled(probs[start : start + n], seq.spec_token_ids,
-                                              self.sampler.generator_for(seq))
-                start += n
+        for i, seq_probs in zip(stochastic, probs.split([num_logits[i] for i in stochastic])):
+            token_ids[i] = accept_sampled(seq_probs, seqs[i].spec_token_ids, self.sampler.generator_for(seqs[i]))
         return RunnerOutput(seqs, token_ids, logprobs)

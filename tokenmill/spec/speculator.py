@@ -31,8 +31,7 @@ class Speculator:
         """Sets spec_token_ids for each decoding sequence that verification can take."""
         for seq in running:
             k = self._room(seq)
-            if k > 0 and _verifiable(seq):
-                seq.spec_token_ids = self.proposer.propose(seq.token_ids, k)
+            seq.spec_token_ids = self.proposer.propose(seq.token_ids, k) if k > 0 and _verifiable(seq) else []
 
     def _room(self, seq: Sequence) -> int:
         """Proposals that can still count: a step also adds the model's own token after them."""

@@ -28,13 +28,15 @@ def accept_sampled(probs: torch.Tensor, drafts: list[int], generator: torch.Gene
     max(p - q, 0), normalized; with every draft accepted, one more comes from the last row."""
     k = len(drafts)
     rows, ids = torch.arange(k, device=probs.device), torch.tensor(drafts, device=probs.device)
-    if draft_probs is None:
-        draft_probs = torch.zeros_like(probs[:k]).index_put_((rows, ids), torch.ones(k, device=probs.device))
-    ratio = probs[rows, ids] / draft_probs[rows, ids]
+    ratio = probs[rows, ids] if draft_probs is None else probs[rows, ids] / draft_probs[rows, ids]
     uniform = torch.rand(k, generator=generator, device=probs.device)
     rejected = (uniform >= ratio).nonzero()
     if len(rejected) == 0:
         return drafts + [int(torch.multinomial(probs[k], 1, generator=generator))]
     i = int(rejected[0])
-    residual = (probs[i] - draft_probs[i]).clamp_min(0)
+    if draft_probs is None:  # max(p - one-hot, 0): p without the rejected draft
+        residual = probs[i].clone()
+        residual[drafts[i]] = 0
+    else:
+        residual = (probs[i] - draft_probs[i]).clamp_min(0)
     return drafts[:i] + [int(torch.multinomial(residual, 1, generator=generator))]
