@@ -54,3 +54,12 @@ def test_speculative_config_is_a_json_object(cli_llm, capsys):
         with pytest.raises(SystemExit):
             cli.main(["generate", "Hi", "--speculative-config", bad])
     assert "--speculative-config" in capsys.readouterr().err
+
+
+def test_draft_layers_makes_a_self_draft(cli_llm):
+    assert cli.main(["generate", "Hi", "--max-tokens", "2", "--draft-layers", "6"]) == 0
+    assert cli.engine_options(cli_llm[0])["speculative_config"] == {"method": "draft", "draft_layers": 6}
+    assert cli.main(["generate", "Hi", "--max-tokens", "2", "--draft-layers", "4", "--speculative-config",
+                     '{"method": "draft", "num_speculative_tokens": 2}']) == 0
+    assert cli.engine_options(cli_llm[1])["speculative_config"] == {
+        "method": "draft", "num_speculative_tokens": 2, "draft_layers": 4}

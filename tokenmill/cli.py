@@ -13,8 +13,8 @@ from typing import Any
 
 from tokenmill.bench.cli import add_bench_commands
 from tokenmill.config import (
-    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, ModelConfig,
-    SchedulerConfig,
+    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig,
+    DraftTrainingConfig, ModelConfig, SchedulerConfig,
 )
 from tokenmill.eval.cli import add_eval_commands
 from tokenmill.model.default import DEFAULT_MODEL_NAME
@@ -50,7 +50,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=KV_CACHE_DTYPE_CHOICES,
                         help="int8: one byte per K/V element with a scale per token and head")
     parser.add_argument("--speculative-config", type=_json_object, default=None,
-                        help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'')
+                        help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'; '
+                             'methods: ngram, draft, heads, ngram_heads')
+    parser.add_argument("--draft-layers", type=int, default=None,
+                        help="speculate with a self-draft made of the model's first N layers (method draft)")
 
 
 def _json_object(text: str) -> dict:
@@ -79,8 +82,15 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
         enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
-        speculative_config=args.speculative_config,
+        speculative_config=_speculative_config(args),
     )  # fmt: skip
+
+
+def _speculative_config(args: argparse.Namespace) -> dict | None:
+    """--speculative-config, with --draft-layers N as its draft_layers (and method draft if unset)."""
+    if args.draft_layers is None:
+        return args.speculative_config
+    return {"method": "draft", **(args.speculative_config or {}), "draft_layers": args.draft_layers}
 
 
 def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: loading the engine is slow)
@@ -156,6 +166,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_draft(args: argparse.Namespace) -> int:
+    from tokenmill.llm import LLM
+    from tokenmill.model.default import default_model_path
+    from tokenmill.spec.heads import default_heads_path
+    from tokenmill.spec.train import run
+
+    model_path = args.model or default_model_path()
+    config = DraftTrainingConfig(num_heads=args.num_heads, num_prompts=args.num_prompts, epochs=args.epochs,
+                                 seed=args.seed)
+    llm = LLM(model_path, dtype="float32", seed=args.seed, enable_prefix_caching=False)
+    output = args.output or default_heads_path(model_path)
+    accuracy = run(llm, config, output, model_name(args))
+    print(f"heads saved to {output}; held-out top-1 accuracy per head: "
+          + ", ".join(f"{a:.3f}" for a in accuracy))
+    return 0
+
+
 def add_server_args(parser: argparse.ArgumentParser) -> None:
     from tokenmill.server.config import ServerConfig as S
 
@@ -197,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_args(serve)
     add_engine_args(serve)
     serve.set_defaults(run=cmd_serve)
+
+    train = commands.add_parser("train-draft", help="train draft heads for speculative decoding (self-distillation)")
+    train.add_argument("--model", type=Path, default=None, help="a GGUF file or model directory (default model)")
+    train.add_argument("--output", type=Path, default=None, help="the heads file (default: shipped beside the code)")
+    train.add_argument("--num-heads", type=int, default=DraftTrainingConfig.num_heads)
+    train.add_argument("--num-prompts", type=int, default=DraftTrainingConfig.num_prompts,
+                       help="prompts the model answers to make the training text")
+    train.add_argument("--epochs", type=int, default=DraftTrainingConfig.epochs)
+    train.add_argument("--seed", type=int, default=DraftTrainingConfig.seed,
+                       help="draws the prompts (the benchmarks draw with 0)")
+    train.set_defaults(run=cmd_train_draft)
 
     add_bench_commands(commands, add_engine_args)
     add_eval_commands(commands)

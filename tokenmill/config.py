@@ -97,7 +97,7 @@ class SchedulerConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
 
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft", "heads", "ngram_heads")  # ngram_heads: prompt lookup, else heads
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,13 @@ class SpeculativeConfig:
     num_speculative_tokens tokens, and one forward pass of the model verifies them."""
 
     method: str  # one of SPECULATIVE_METHODS
-    num_speculative_tokens: int = 3
+    num_speculative_tokens: int = 3  # the most; fewer while the observed acceptance rate is low
     prompt_lookup_max: int = 3  # ngram: the longest suffix matched against the tokens so far
     prompt_lookup_min: int = 1  # ngram: the shortest
+    draft_layers: int | None = None  # draft: a self-draft, the model's first draft_layers layers
+    model: str | None = None  # draft: a smaller model's path; heads: a heads file (default: the shipped one)
+    # No proposals while this many sequences decode: big batches already use the hardware.
+    disable_by_batch_size: int = 4
 
     def __post_init__(self) -> None:
         _check_choice("speculative method", self.method, SPECULATIVE_METHODS)
@@ -117,6 +121,20 @@ class SpeculativeConfig:
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError(f"need 1 <= prompt_lookup_min <= prompt_lookup_max, got {self.prompt_lookup_min} "
                              f"and {self.prompt_lookup_max}")
+        if self.method == "draft" and (self.draft_layers is None) == (self.model is None):
+            raise ValueError("method 'draft' needs one of draft_layers (--draft-layers: a self-draft) or model "
+                             "(a smaller model with the same vocabulary)")
+        if self.draft_layers is not None and (self.method != "draft" or self.draft_layers < 1):
+            raise ValueError(f"draft_layers goes with method 'draft' and is >= 1, got {self.draft_layers}")
+        if self.model is not None and self.method == "ngram":
+            raise ValueError("speculative_config 'model' names a draft model or a heads file: not for ngram")
+        if self.disable_by_batch_size < 2:
+            raise ValueError(f"disable_by_batch_size must be >= 2, got {self.disable_by_batch_size}")
+
+    @property
+    def uses_heads(self) -> bool:
+        """Whether draft heads propose, which read the model's hidden states."""
+        return self.method in ("heads", "ngram_heads")
 
     @classmethod
     def from_dict(cls, options: dict) -> SpeculativeConfig:
@@ -128,6 +146,20 @@ class SpeculativeConfig:
         if "method" not in options:
             raise ValueError(f"speculative_config needs a method, one of {', '.join(SPECULATIVE_METHODS)}")
         return cls(**options)
+
+
+@dataclass(frozen=True)
+class DraftTrainingConfig:
+    """`tokenmill train-draft`: how draft heads are trained (tokenmill.spec.train)."""
+
+    num_heads: int = 3
+    num_prompts: int = 384
+    workload: str = "chat"  # prompts from this bench workload, drawn with seed
+    seed: int = 1000  # a different draw of prompts from the benchmarks' (seed 0)
+    epochs: int = 4
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    held_out: float = 0.1  # the share of conversations kept to measure the heads' accuracy
 
 
 @dataclass(frozen=True)

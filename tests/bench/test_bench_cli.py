@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.live_server import API_KEY
+from tests.live_server import API_KEY, start_server
 
 SMALL = ["--workload", "chat", "--num-requests", "6", "--input-len", "20:60", "--output-len", "8"]
 
@@ -55,3 +55,24 @@ def test_offline_reports_the_same_figures_and_compare_sets_runs_side_by_side(tmp
     assert [r["prompt_tokens"] for r in a["levels"][0]["records"]] == [r["prompt_tokens"] for r in b["levels"][0]["records"]]
     out = bench("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     assert "output tokens/s" in out and "b / a" in out and "x" in out
+
+
+def test_speculative_counts_reported_offline_and_from_a_servers_metrics(tmp_path):
+    spec = json.dumps({"method": "ngram", "disable_by_batch_size": 64})
+    repetitive = ["--workload", "repetitive", "--num-requests", "2", "--input-len", "100:120", "--output-len", "24"]
+    out = bench("offline", *repetitive, "--speculative-config", spec, "--kv-cache-memory", str(64 << 20),
+                "--out", str(tmp_path / "offline.json"))
+    counts = json.loads((tmp_path / "offline.json").read_text())["levels"][0]["speculation"]
+    assert counts["method"] == "ngram" and 0 < counts["accepted"] <= counts["proposed"]
+    assert "speculative (ngram): accepted / proposed" in out
+
+    server = start_server(tmp_path, "--speculative-config", spec)
+    try:
+        bench("serve", "--base-url", server.url, "--api-key", API_KEY, "--concurrency", "2", *repetitive,
+              "--out", str(tmp_path / "serve.json"))
+        server.wait_idle()
+        counts = json.loads((tmp_path / "serve.json").read_text())["levels"][0]["speculation"]
+        assert counts["proposed"] == server.metric("tokenmill:spec_decode_num_draft_tokens_total", method="ngram") > 0
+        assert counts["accepted"] == server.metric("tokenmill:spec_decode_num_accepted_tokens_total", method="ngram")
+    finally:
+        server.stop()

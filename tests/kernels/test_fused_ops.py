@@ -1,10 +1,10 @@
-"""The fused C elementwise kernels against the layers' PyTorch forward, at the real layer shapes."""
+"""The fused C kernels against the layers' PyTorch forward, at the real layer shapes."""
 
 import pytest
 import torch
 
 from tokenmill.kernels.fused_ops import FusedOps
-from tokenmill.model.layers import RMSNorm, RotaryEmbedding, SiluAndMul
+from tokenmill.model.layers import FEW_ROWS, Linear, RMSNorm, RotaryEmbedding, SiluAndMul
 
 OPS = FusedOps.load()
 pytestmark = pytest.mark.skipif(OPS is None, reason="no C compiler for the fused kernels")
@@ -48,3 +48,26 @@ def test_rotary_in_place_on_strided_views_of_one_projection(rows):
 def test_silu_and_mul(rows):
     gate_up = torch.randn(rows, 2 * 1536, generator=torch.Generator().manual_seed(rows)) * 6
     torch.testing.assert_close(fused(SiluAndMul())(gate_up), SiluAndMul()(gate_up), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5, 7, 12, 16, 40])
+@pytest.mark.parametrize("shape", [(960, 576), (576, 1536), (49152, 576)])
+def test_linear_few_rows_against_float64(rows, shape):
+    """The kernel, on strided rows, and the layer (the kernel for FEW_ROWS, else BLAS) match float64."""
+    gen = torch.Generator().manual_seed(rows)
+    linear = Linear(shape[1], shape[0], bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(shape, generator=gen))
+        linear.bias.copy_(torch.randn(shape[0], generator=gen))
+    x = torch.randn(rows, 2 * shape[1], generator=gen)[:, : shape[1]]  # rows 2K apart
+    expected = x.double() @ linear.weight.double().T + linear.bias.double()
+    for actual in (OPS.linear_few_rows(x, linear.weight, linear.bias), fused(linear)(x)):
+        assert ((actual.double() - expected).abs().max() / expected.abs().max()) < 1e-6
+
+
+def test_linear_few_rows_declines_shapes_it_does_not_take():
+    x = torch.randn(4, 72)
+    assert OPS.linear_few_rows(x, torch.randn(64, 72), None) is None  # K not a multiple of 16
+    assert OPS.linear_few_rows(torch.randn(4, 64), torch.randn(66, 64), None) is None  # N not of 4
+    linear = Linear(72, 64)
+    torch.testing.assert_close(fused(linear)(x), torch.nn.functional.linear(x, linear.weight, linear.bias))

@@ -1,10 +1,11 @@
-"""Speculative decoding inside the engine, on the real model: it never changes a greedy output,
-and the KV of rejected proposals goes back."""
+"""Speculative decoding inside the engine, on the real model, with each proposer: it never changes a
+greedy output, and the KV of rejected proposals (and of blocks a proposer reserved) goes back."""
 
 import pytest
 import torch
 
 from tokenmill import LLM, SamplingParams
+from tokenmill.model.default import default_model_path
 
 PROMPTS = [
     "Repeat this list three times, exactly: apple, banana, cherry, date, elderberry, fig, grape.",
@@ -14,7 +15,18 @@ PROMPTS = [
     "Copy this sentence twice: the quick brown fox jumps over the lazy dog.",
 ]
 GREEDY = SamplingParams(temperature=0, max_tokens=80)
-NGRAM = {"method": "ngram", "num_speculative_tokens": 4}
+# Speculation stays on whatever the batch, so that batches mix sequences with and without proposals.
+PROPOSERS = {
+    "ngram": {"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 64},
+    "draft": {"method": "draft", "draft_layers": 8, "num_speculative_tokens": 3, "disable_by_batch_size": 64},
+    "heads": {"method": "heads", "num_speculative_tokens": 3, "disable_by_batch_size": 64},
+    "ngram_heads": {"method": "ngram_heads", "prompt_lookup_min": 2, "num_speculative_tokens": 3,
+                    "disable_by_batch_size": 64},
+}
+# A separate draft model, with a pool of its own: a second copy of the model, which guesses right.
+DRAFT_MODEL = {"method": "draft", "model": str(default_model_path()), "num_speculative_tokens": 3,
+               "disable_by_batch_size": 64}
+NGRAM = PROPOSERS["ngram"]
 # A small token budget chunks the prompts, so prefills and verifications share steps.
 ENGINE = {"kv_cache_memory": 64 * 2**20, "max_num_batched_tokens": 64}
 
@@ -24,9 +36,27 @@ def plain() -> LLM:
     return LLM(**ENGINE)
 
 
+@pytest.fixture(scope="module", params=list(PROPOSERS))
+def speculative(request) -> LLM:
+    return LLM(speculative_config=PROPOSERS[request.param], **ENGINE)
+
+
 @pytest.fixture(scope="module")
 def ngram() -> LLM:
     return LLM(speculative_config=NGRAM, **ENGINE)
+
+
+MIXED = [GREEDY, SamplingParams(temperature=0.8, seed=7, max_tokens=40)] * 2 + [GREEDY]
+
+
+@pytest.fixture(scope="module")
+def expected(plain) -> dict[str, list[list[int]]]:
+    """What the engine without speculation answers, computed once for every proposer."""
+    return {
+        "batch": token_ids(plain.generate(PROMPTS, GREEDY, use_tqdm=False)),
+        "alone": [token_ids(plain.generate(prompt, GREEDY, use_tqdm=False))[0] for prompt in PROMPTS[:2]],
+        "mixed": token_ids(plain.generate(PROMPTS, MIXED, use_tqdm=False)),
+    }
 
 
 def assert_every_block_free(llm: LLM) -> None:
@@ -40,29 +70,32 @@ def token_ids(outputs) -> list[list[int]]:
     return [list(out.outputs[0].token_ids) for out in outputs]
 
 
-def test_greedy_outputs_are_token_identical(plain, ngram):
-    expected = token_ids(plain.generate(PROMPTS, GREEDY, use_tqdm=False))
-    actual = token_ids(ngram.generate(PROMPTS, GREEDY, use_tqdm=False))
-    assert actual == expected
-    stats = ngram.engine.speculator.stats
-    # The prompts repeat themselves: proposals were made, many accepted, and not all (so rejected
-    # proposals were rolled back along the way).
+def test_greedy_outputs_are_token_identical(expected, speculative):
+    assert token_ids(speculative.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected["batch"]
+    stats = speculative.engine.speculator.stats
+    # Some accepted, and not all: rejected ones were rolled back on the way.
     assert 0 < stats.num_accepted < stats.num_proposed
-    assert_every_block_free(ngram)
+    assert_every_block_free(speculative)
 
 
-def test_one_at_a_time_and_with_sampled_neighbours(plain, ngram):
+def test_a_separate_draft_model_catches_up_and_guesses(expected):
+    """The draft computes the prompt into its own pool, then guesses: a copy of the model, greedy,
+    guesses nearly every token."""
+    llm = LLM(speculative_config=DRAFT_MODEL, **ENGINE)
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected["batch"]
+    assert llm.engine.speculator.stats.acceptance_rate > 0.95
+    assert_every_block_free(llm)
+
+
+def test_one_at_a_time_and_with_sampled_neighbours(expected, speculative):
     """Alone (every step speculative), and beside seeded sampled requests, which are speculated too
     (by rejection sampling): the greedy outputs stay the same, and a seeded batch repeats itself."""
-    for prompt in PROMPTS[:2]:
-        expected = token_ids(plain.generate(prompt, GREEDY, use_tqdm=False))
-        assert token_ids(ngram.generate(prompt, GREEDY, use_tqdm=False)) == expected
-    mixed = [GREEDY, SamplingParams(temperature=0.8, seed=7, max_tokens=40)] * 2 + [GREEDY]
-    expected = token_ids(plain.generate(PROMPTS, mixed, use_tqdm=False))
-    actual = token_ids(ngram.generate(PROMPTS, mixed, use_tqdm=False))
-    assert [actual[i] for i in (0, 2, 4)] == [expected[i] for i in (0, 2, 4)]
-    assert token_ids(ngram.generate(PROMPTS, mixed, use_tqdm=False)) == actual
-    assert_every_block_free(ngram)
+    for prompt, alone in zip(PROMPTS[:2], expected["alone"]):
+        assert token_ids(speculative.generate(prompt, GREEDY, use_tqdm=False)) == [alone]
+    actual = token_ids(speculative.generate(PROMPTS, MIXED, use_tqdm=False))
+    assert [actual[i] for i in (0, 2, 4)] == [expected["mixed"][i] for i in (0, 2, 4)]
+    assert token_ids(speculative.generate(PROMPTS, MIXED, use_tqdm=False)) == actual
+    assert_every_block_free(speculative)
 
 
 def test_sampled_token_frequencies_are_unchanged(plain, ngram):
@@ -89,13 +122,15 @@ def test_sampled_token_frequencies_are_unchanged(plain, ngram):
     assert float(torch.special.gammaincc(torch.tensor(degrees / 2), statistic / 2)) > 0.001
 
 
-def test_preemption_under_a_small_pool_loses_nothing():
+@pytest.mark.parametrize("method", ["ngram", "draft", "draft-model"])
+def test_preemption_under_a_small_pool_loses_nothing(method):
     """A pool of 17 blocks, too small for every sequence at once: sequences are preempted and recomputed while
-    others verify proposals; outputs stay greedy's and every block comes back."""
+    others verify proposals (and the self-draft reserves blocks for its guesses); outputs stay greedy's and
+    every block comes back."""
     small = {"kv_cache_memory": 12 * 2**20, "max_num_batched_tokens": 64, "enable_prefix_caching": False}
     params = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)  # ~7 blocks each
     expected = token_ids(LLM(**small).generate(PROMPTS, params, use_tqdm=False))
-    llm = LLM(speculative_config=NGRAM, **small)
+    llm = LLM(speculative_config={**PROPOSERS, "draft-model": DRAFT_MODEL}[method], **small)
     assert llm.engine.block_manager.num_blocks == 17
     assert token_ids(llm.generate(PROMPTS, params, use_tqdm=False)) == expected
     assert llm.engine.scheduler.num_preemptions > 0
@@ -111,3 +146,14 @@ def test_bad_speculative_configs_are_clear():
         LLM(speculative_config={"method": "ngram", "k": 3})
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         LLM(speculative_config={"method": "ngram", "num_speculative_tokens": 0})
+    with pytest.raises(ValueError, match="'draft' needs one of draft_layers"):
+        LLM(speculative_config={"method": "draft"})
+    with pytest.raises(ValueError, match="disable_by_batch_size must be >= 2"):
+        LLM(speculative_config={"method": "ngram", "disable_by_batch_size": 1})
+    with pytest.raises(ValueError, match="fewer than the model's 30 layers"):
+        LLM(speculative_config={"method": "draft", "draft_layers": 30})
+    with pytest.raises(ValueError, match="the heads proposer makes at most 3"):
+        LLM(speculative_config={"method": "heads", "num_speculative_tokens": 4})
+    with pytest.raises(FileNotFoundError, match="no draft heads at /nowhere.safetensors"):
+        LLM(speculative_config={"method": "heads", "model": "/nowhere.safetensors"})
+

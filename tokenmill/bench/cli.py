@@ -22,6 +22,7 @@ from tokenmill.bench.chat_workloads import (
 from tokenmill.bench.client import RequestRecord, Target, run_level
 from tokenmill.bench.workloads import TextTokenizer
 from tokenmill.bench.results import BenchRun, LevelResult
+from tokenmill.bench.speculation import SpeculationCounts, scrape
 from tokenmill.bench.stats import parse_slo
 from tokenmill.bench.tables import print_comparison, print_level
 from tokenmill.server.config import API_KEY_ENV
@@ -127,9 +128,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     base_url = args.base_url.rstrip("/")
     base_url = base_url if base_url.endswith("/v1") else f"{base_url}/v1"
     api_key = args.api_key or os.environ.get(API_KEY_ENV)
-    model = args.model or _first_model(base_url, api_key)
+    target = Target(base_url, args.model or _first_model(base_url, api_key), api_key)
     workload, requests = _workload(args)
-    target = Target(base_url, model, api_key)
     slo = parse_slo(args.slo)
     if args.request_rate is not None:
         loads = [dict(request_rate=float(x)) for x in args.request_rate.split(",")]
@@ -143,10 +143,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         for load, count in zip(loads, counts * len(loads) if len(counts) == 1 else counts):
             label = f"concurrency {load['concurrency']}" if "concurrency" in load else f"{load['request_rate']} req/s"
             task = progress.add_task(label, total=count)
+            before = scrape(base_url, target.headers)
             seconds, records = asyncio.run(run_level(target, requests[:count], seed=args.seed,
                                                      on_done=lambda: progress.advance(task), **load))
-            levels.append(LevelResult(load.get("concurrency"), load.get("request_rate"), seconds, records, slo))
-    _finish(args, _run("serve", model, workload, base_url, levels))
+            after = scrape(base_url, target.headers)
+            levels.append(LevelResult(load.get("concurrency"), load.get("request_rate"), seconds, records, slo,
+                                      after.since(before) if after else None))
+    _finish(args, _run("serve", target.model, workload, base_url, levels))
     return 0
 
 
@@ -165,16 +168,26 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     workload, requests = _workload(args, llm.tokenizer)
     prompts = [llm.tokenizer.apply_chat_template(r.messages) for r in requests]
     params = [SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True) for r in requests]
+    before = _engine_speculation(llm)
     start_wall, start = time.perf_counter(), time.monotonic()
     outputs = llm.generate(prompts, params)
     seconds = time.perf_counter() - start_wall
+    after = _engine_speculation(llm)
     records = [RequestRecord(start=o.metrics.arrival_time - start, end=o.metrics.finished_time - start,
                              token_times=[o.metrics.first_token_time - start], prompt_tokens=len(o.prompt_token_ids),
                              cached_tokens=o.num_cached_tokens,
                              output_tokens=len(o.outputs[0].token_ids)) for o in outputs]  # fmt: skip
-    level = LevelResult(len(requests), None, seconds, records, parse_slo(args.slo))
+    level = LevelResult(len(requests), None, seconds, records, parse_slo(args.slo),
+                        after.since(before) if after else None)
     _finish(args, _run("offline", model_name(args), workload, "in-process", [level]))
     return 0
+
+
+def _engine_speculation(llm) -> SpeculationCounts | None:
+    speculator = llm.engine.speculator
+    if speculator is None:
+        return None
+    return SpeculationCounts(speculator.config.method, speculator.stats.num_proposed, speculator.stats.num_accepted)
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:

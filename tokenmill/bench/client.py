@@ -61,6 +61,10 @@ class Target:
     model: str
     api_key: str | None = None
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
 
 async def _send(client: httpx.AsyncClient, target: Target, request: ChatRequest, clock0: float) -> RequestRecord:
     body = {"model": target.model, "messages": request.messages, "max_tokens": request.output_len,
@@ -100,7 +104,7 @@ async def run_level(
         raise ValueError("give either concurrency or request_rate")
     gate = asyncio.Semaphore(concurrency or len(requests))
     limit = concurrency or len(requests)
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    headers = target.headers
     arrivals = _poisson_arrivals(len(requests), request_rate, seed) if request_rate else [0.0] * len(requests)
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
                                  timeout=httpx.Timeout(None), headers=headers) as client:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tokenmill.bench.client import RequestRecord
+from tokenmill.bench.speculation import SpeculationCounts
 from tokenmill.bench.stats import LevelSummary, summarize
 
 
@@ -17,6 +18,7 @@ class LevelResult:
     seconds: float
     records: list[RequestRecord]
     slo: dict[str, float] = field(default_factory=dict)
+    speculation: SpeculationCounts | None = None  # where the engine speculated
 
     def __post_init__(self) -> None:
         self.summary: LevelSummary = summarize(self.seconds, self.records, self.slo or None)
@@ -53,7 +55,8 @@ class BenchRun:
             "kind": self.kind, "model": self.model, "workload": self.workload, "target": self.target,
             "date": self.date, "command": self.command,
             "levels": [{"concurrency": lv.concurrency, "request_rate": lv.request_rate, "seconds": lv.seconds,
-                        "slo": lv.slo, "summary": asdict(lv.summary), "records": [asdict(r) for r in lv.records]}
+                        "slo": lv.slo, "summary": asdict(lv.summary), "records": [asdict(r) for r in lv.records],
+                        "speculation": asdict(lv.speculation) if lv.speculation else None}
                        for lv in self.levels],
         }  # fmt: skip
 
@@ -64,6 +67,8 @@ class BenchRun:
     def load(cls, path: Path) -> BenchRun:
         data = json.loads(path.read_text(encoding="utf-8"))
         levels = [LevelResult(lv["concurrency"], lv["request_rate"], lv["seconds"],
-                              [RequestRecord(**r) for r in lv["records"]], lv["slo"]) for lv in data["levels"]]
+                              [RequestRecord(**r) for r in lv["records"]], lv["slo"],
+                              SpeculationCounts(**lv["speculation"]) if lv.get("speculation") else None)
+                  for lv in data["levels"]]
         return cls(data["kind"], data["model"], data["workload"], data["target"], data["date"], data["command"],
                    levels)

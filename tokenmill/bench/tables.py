@@ -40,6 +40,10 @@ def print_level(console: Console, run: BenchRun, level: LevelResult) -> None:
     table.add_column("value", justify="right")
     for name, value in summary_rows(level.summary):
         table.add_row(name, value)
+    if level.speculation is not None:
+        spec = level.speculation
+        table.add_row(f"speculative ({spec.method}): accepted / proposed",
+                      f"{spec.accepted} / {spec.proposed} ({100 * spec.acceptance_rate:.1f}%)")
     console.print(table)
 
 

@@ -20,7 +20,7 @@ from tokenmill.model.loader import load_model
 from tokenmill.outputs import RequestOutput
 from tokenmill.runner.model_runner import ModelRunner, RunnerOutput
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.spec.speculator import Speculator
+from tokenmill.spec.speculator import Speculator, make_proposer
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,15 @@ class LLMEngine:
         loaded = load_model(config.model)
         self.tokenizer = loaded.tokenizer
         self.arch = loaded.arch
-        self.runner = ModelRunner(loaded, config.model, config.cache)
+        spec = config.speculative
+        self.runner = ModelRunner(loaded, config.model, config.cache,
+                                  keep_hidden=spec is not None and spec.uses_heads)
         prefix_cache = PrefixCache() if config.cache.enable_prefix_caching else None
         self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size, prefix_cache)
         self.max_model_len = self._max_model_len(config.model.max_model_len)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
-        self.speculator = Speculator(config.speculative, self.max_model_len) if config.speculative else None
+        self.speculator = None if spec is None else Speculator(
+            spec, self.max_model_len, make_proposer(spec, self.runner, self.block_manager, config.model))
         self.device = config.model.device
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
@@ -151,7 +154,7 @@ class LLMEngine:
             proposed = len(seq.spec_token_ids)
             accepted = produced[seq.seq_id] - 1 if proposed else 0
             if proposed and self.speculator is not None:
-                self.speculator.record(proposed, accepted)
+                self.speculator.record(seq, proposed, accepted)
             rejected.append(proposed - accepted)
         return rejected
 
@@ -167,7 +170,9 @@ class LLMEngine:
     def _process(self, result: RunnerOutput) -> list[RequestOutput]:
         now = time.monotonic()
         touched: dict[str, Request] = {}
-        for seq, token_ids, logprobs in zip(result.seqs, result.token_ids, result.logprobs):
+        for i, (seq, token_ids, logprobs) in enumerate(zip(result.seqs, result.token_ids, result.logprobs)):
+            if result.hidden is not None:
+                seq.hidden = result.hidden[i]
             request = self.requests[seq.request_id]
             detok = request.detokenizers[seq.index]
             for token_id in token_ids:  # several when proposals were accepted: up to the first that ends it

@@ -157,8 +157,9 @@ class Scheduler:
         cache = self.block_manager.prefix_cache
         for seq, num_tokens, rejected in zip(out.seqs, out.num_new_tokens, num_rejected or [0] * len(out.seqs)):
             seq.num_computed_tokens += num_tokens - rejected
-            if rejected:
-                self.block_manager.trim(seq.block_table, seq.num_computed_tokens)
+            # Frees the blocks of rejected proposals, and any a proposer reserved for a step that
+            # then left its proposals out.
+            self.block_manager.trim(seq.block_table, seq.num_computed_tokens)
             seq.spec_token_ids = []
             if cache is not None:
                 self._cache_full_blocks(seq, cache)

@@ -48,6 +48,9 @@ class Sequence:
     num_cached_tokens: int | None = None
     # Speculative decoding: tokens proposed for the next step, verified (and cleared) by it.
     spec_token_ids: list[int] = field(default_factory=list)
+    spec_acceptance: float = 1.0  # its recent acceptance rate, which sets how many it is proposed
+    hidden: torch.Tensor | None = None  # draft heads: the final hidden state that gave the last token
+    num_draft_computed: int = 0  # a separate draft model: the tokens whose KV it has in its own pool
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -1,5 +1,5 @@
 """csrc/fused_ops.c from Python: RMSNorm with its residual add, RoPE and SwiGLU's activation,
-each one C call. The layers use these on float32 CPU tensors once `FusedOps.load()` succeeds;
+each one C call, and the matrix product for a few rows. The layers use these on float32 CPU tensors once `FusedOps.load()` succeeds;
 tokenmill/model/layers.py holds the PyTorch versions, which the tests compare against."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class FusedOps:
         self._rms_norm = _bind(library.rms_norm_f32, [_ptr] * 4 + [_i64, _i64, _float, _int, _int])
         self._rotary = _bind(library.rotary_f32, [_ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr] + [_i64] * 4 + [_int])
         self._silu_and_mul = _bind(library.silu_and_mul_f32, [_ptr, _ptr, _i64, _i64, _int])
+        self._linear_few_rows = _bind(library.linear_few_rows_f32, [_ptr, _i64, _ptr, _ptr, _ptr] + [_i64] * 3 + [_int])
 
     @classmethod
     def load(cls) -> FusedOps | None:
@@ -51,6 +52,19 @@ class FusedOps:
         out = gate_up.new_empty(rows, size)
         self._silu_and_mul(gate_up.data_ptr(), out.data_ptr(), rows, size, torch.get_num_threads())
         return out
+
+    def linear_few_rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """x @ weight.T (+ bias) for x [M, K] of a few rows, weight nn.Linear's [N, K]; None where the
+        kernel does not take the shapes (K a multiple of 16, N of 4, rows contiguous)."""
+        rows, k = x.shape
+        n = weight.shape[0]
+        if k % 16 or n % 4 or x.stride(1) != 1 or not weight.is_contiguous():
+            return None
+        y = x.new_empty(rows, n)
+        self._linear_few_rows(x.data_ptr(), x.stride(0), weight.data_ptr(),
+                              None if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n,
+                              torch.get_num_threads())
+        return y
 
 
 def _bind(fn: ctypes._CFuncPtr, argtypes: list) -> ctypes._CFuncPtr:

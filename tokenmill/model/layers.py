@@ -1,4 +1,4 @@
-"""Building blocks shared by architectures: RMSNorm, rotary embedding, SwiGLU.
+"""Building blocks shared by architectures: linear layers, RMSNorm, rotary embedding, SwiGLU.
 
 Each has a plain PyTorch forward; where the model runner binds `fused` (the C kernels, for
 float32 on the CPU), the same computation runs as one fused call instead.
@@ -15,6 +15,23 @@ from torch import nn
 
 if TYPE_CHECKING:
     from tokenmill.kernels.fused_ops import FusedOps
+
+
+FEW_ROWS = range(3, 17)  # where the C kernel beats BLAS (one or two rows: BLAS's vector product)
+
+
+class Linear(nn.Linear):
+    """nn.Linear; where `fused` is bound, products of a few rows (a small batch's decode, a few
+    speculative tokens' verification) run in the C kernel, which reads the weights only once."""
+
+    fused: FusedOps | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and x.dim() == 2 and x.shape[0] in FEW_ROWS:
+            y = self.fused.linear_few_rows(x, self.weight, self.bias)
+            if y is not None:
+                return y
+        return super().forward(x)
 
 
 class RMSNorm(nn.Module):
@@ -74,7 +91,7 @@ class RotaryEmbedding(nn.Module):
 
 def bind_fused_ops(model: nn.Module, ops: FusedOps) -> int:
     """Points every fusable layer of the model at the C kernels; returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, (RMSNorm, SiluAndMul, RotaryEmbedding))]
+    layers = [m for m in model.modules() if isinstance(m, (Linear, RMSNorm, SiluAndMul, RotaryEmbedding))]
     for layer in layers:
         layer.fused = ops
     return len(layers)

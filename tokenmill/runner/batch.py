@@ -28,41 +28,49 @@ def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device)
     num_new = [sched.num_new_tokens[i] for i in order]
 
     input_ids: list[int] = []
-    positions: list[int] = []
     logits_rows: list[int] = []
     sampled: list[Sequence] = []
     num_logits: list[int] = []
     for seq, n in zip(seqs, num_new):
         start, proposed = seq.num_computed_tokens, seq.spec_token_ids  # scheduled whole, or cleared
         input_ids += seq.token_ids[start : start + n - len(proposed)] + proposed
-        positions += range(start, start + n)
         if start + n == seq.num_tokens + len(proposed):  # caught up: this step yields its next token(s)
             rows = 1 + len(proposed)  # a proposal's row checks it and the next one
             logits_rows += range(len(input_ids) - rows, len(input_ids))
             sampled.append(seq)
             num_logits.append(rows)
 
-    pos = torch.tensor(positions, dtype=torch.long)
-    tables = _padded_block_tables(seqs)
-    q_lens = torch.tensor(num_new, dtype=torch.int32)
-    slot_blocks, slot_offsets = _slots(tables, q_lens, pos, block_size)
-    attn = AttentionBatch(
-        slot_blocks=slot_blocks,
-        slot_offsets=slot_offsets,
-        query_start=torch.nn.functional.pad(torch.cumsum(q_lens, 0, dtype=torch.int32), (1, 0)),
-        seq_lens=torch.tensor([s.num_computed_tokens + n for s, n in zip(seqs, num_new)], dtype=torch.int32),
-        block_tables=tables,
-        num_decode=sum(1 for n in num_new if n == 1),
-        block_size=block_size,
-    )
+    attn, positions = query_batch([s.block_table for s in seqs], [s.num_computed_tokens for s in seqs], num_new,
+                                  block_size, device)
     return ModelInput(
         input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
-        positions=pos.to(device),
-        attn=_to(attn, device),
+        positions=positions,
+        attn=attn,
         logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
         sampled_seqs=sampled,
         num_logits=num_logits,
     )
+
+
+def query_batch(block_tables: list[list[int]], starts: list[int], lengths: list[int], block_size: int,
+                device: torch.device) -> tuple[AttentionBatch, torch.Tensor]:
+    """The attention batch, and the positions, of sequence i's queries at starts[i] ..
+    starts[i] + lengths[i] - 1 over its block table. Single queries must come first (num_decode)."""
+    q_lens = torch.tensor(lengths, dtype=torch.int32)
+    first_row = torch.cumsum(q_lens, 0) - q_lens
+    pos = torch.arange(sum(lengths)) - torch.repeat_interleave(first_row - torch.tensor(starts), q_lens)
+    tables = _padded_block_tables(block_tables)
+    slot_blocks, slot_offsets = _slots(tables, q_lens, pos, block_size)
+    batch = AttentionBatch(
+        slot_blocks=slot_blocks,
+        slot_offsets=slot_offsets,
+        query_start=torch.nn.functional.pad(torch.cumsum(q_lens, 0, dtype=torch.int32), (1, 0)),
+        seq_lens=torch.tensor([start + n for start, n in zip(starts, lengths)], dtype=torch.int32),
+        block_tables=tables,
+        num_decode=sum(1 for n in lengths if n == 1),
+        block_size=block_size,
+    )
+    return _to(batch, device), pos.to(device)
 
 
 def _slots(
@@ -73,9 +81,9 @@ def _slots(
     return tables[owner, positions // block_size].long(), positions % block_size
 
 
-def _padded_block_tables(seqs: list[Sequence]) -> torch.Tensor:
-    width = max(len(s.block_table) for s in seqs)
-    return torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs], dtype=torch.int32)
+def _padded_block_tables(tables: list[list[int]]) -> torch.Tensor:
+    width = max(len(t) for t in tables)
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
 
 
 def _to(batch: AttentionBatch, device: torch.device) -> AttentionBatch:

@@ -30,13 +30,16 @@ class RunnerOutput:
     seqs: list[Sequence]  # the sequences that produced tokens this step
     token_ids: list[list[int]]  # one each, or with speculation the accepted proposals and one more
     logprobs: list[dict[int, Logprob] | None]  # for the first token (speculation asks for none)
+    hidden: torch.Tensor | None = None  # [S, H]: the final hidden state that gave each one's last token
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig) -> None:
+    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig,
+                 keep_hidden: bool = False) -> None:
         self.model = loaded.model
         self.arch = loaded.arch
-        self.device = model_config.device
+        self.device, self.dtype = model_config.device, model_config.dtype
+        self.keep_hidden = keep_hidden  # for proposers that read the hidden states (draft heads)
         self.block_size = cache_config.block_size
         if self.device.type == "cpu":
             return_freed_memory()
@@ -76,11 +79,16 @@ class ModelRunner:
         hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
         if not batch.sampled_seqs:
             return RunnerOutput([], [], [])
-        logits = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
+        rows = hidden.index_select(0, batch.logits_indices)
+        logits = self.model.compute_logits(rows)
         if len(logits) == len(batch.sampled_seqs):  # no proposals this step
             sampled = self.sampler(logits, batch.sampled_seqs)
-            return RunnerOutput(batch.sampled_seqs, [[t] for t in sampled.token_ids], sampled.logprobs)
-        return self._verify(logits, batch.sampled_seqs, batch.num_logits)
+            out = RunnerOutput(batch.sampled_seqs, [[t] for t in sampled.token_ids], sampled.logprobs)
+        else:
+            out = self._verify(logits, batch.sampled_seqs, batch.num_logits)
+        if self.keep_hidden:
+            out.hidden = rows[_last_rows(batch.num_logits, out.token_ids)]
+        return out
 
     def _verify(self, logits: torch.Tensor, seqs: list[Sequence], num_logits: list[int]) -> RunnerOutput:
         """Sequences with proposals verify them over their rows (greedy, or by rejection sampling);
@@ -102,3 +110,10 @@ class ModelRunner:
         for i, seq_probs in zip(stochastic, probs.split([num_logits[i] for i in stochastic])):
             token_ids[i] = accept_sampled(seq_probs, seqs[i].spec_token_ids, self.sampler.generator_for(seqs[i]))
         return RunnerOutput(seqs, token_ids, logprobs)
+
+
+def _last_rows(num_logits: list[int], token_ids: list[list[int]]) -> list[int]:
+    """Each sequence's row (among the logits rows) that produced its last token: a proposal's row
+    checks the token after it, so with a accepted it is the (a + 1)-th of the sequence's rows."""
+    starts = [end - n for end, n in zip(torch.tensor(num_logits).cumsum(0).tolist(), num_logits)]
+    return [start + len(tokens) - 1 for start, tokens in zip(starts, token_ids)]

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import torch
 
+from tokenmill.engine.sequence import Sequence
+
 
 class NgramProposer:
+    max_tokens: int | None = None
+
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n, self.max_n = min_n, max_n
 
-    def propose(self, token_ids: list[int], num_tokens: int) -> list[int]:
+    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+        return [self.lookup(seq.token_ids, k) for seq, k in zip(seqs, num_tokens)]
+
+    def lookup(self, token_ids: list[int], num_tokens: int) -> list[int]:
         """Up to num_tokens guesses at what follows token_ids; [] where nothing matches."""
         tokens = torch.tensor(token_ids)
         for n in range(min(self.max_n, len(token_ids) - 1), self.min_n - 1, -1):

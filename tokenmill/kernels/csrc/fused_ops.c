@@ -1,7 +1,12 @@
 /* Fused elementwise ops of a transformer layer, float32 on the CPU: one pass over memory and one
  * call from Python where PyTorch would run four to eight separate operators. Parallel over rows
- * once a call has enough work to pay for waking the threads. */
+ * once a call has enough work to pay for waking the threads. Also the matrix product for a few
+ * rows, which BLAS serves badly. */
 #include <stdint.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "fast_exp.h"
 
@@ -58,4 +63,77 @@ void silu_and_mul_f32(const float *gate_up, float *out, int64_t rows, int64_t si
             out[r * size + i] = g * sigmoid * up[i];
         }
     }
+}
+
+/* ---- y[M, N] = x[M, K] @ w[N, K]^T (+ bias) for a few rows -------------------------------------
+ * Decoding a few sequences, or verifying a few speculative tokens, multiplies a handful of rows by
+ * every weight. BLAS packs w for such shapes and reads it more than once: at four rows it takes
+ * twice the time of one. Here w (nn.Linear's own layout) streams from memory once; each group of
+ * W_ROWS weight rows meets every row of x in registers (ROWS at a time; the group stays in cache
+ * for the next ROWS), one accumulator per pair, summed across its lanes at the end. */
+
+typedef float f32x16 __attribute__((vector_size(64)));
+#define W_ROWS 4
+#define ROWS 6 /* 6 x 4 accumulators, 4 weight vectors and one of x: 29 of 32 vector registers */
+#define PREFETCH_FLOATS 1024 /* 4 KiB ahead of the weight stream: the hardware prefetcher lags it */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE f32x16 load16(const float *p) {
+    f32x16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE float lane_sum(f32x16 v) {
+#ifdef __AVX512F__
+    __m512 m;
+    memcpy(&m, &v, sizeof m);
+    return _mm512_reduce_add_ps(m);
+#else
+    float sum = 0.0f;
+    for (int i = 0; i < 16; i++) sum += v[i];
+    return sum;
+#endif
+}
+
+/* Rows m0..m0+R of y at outputs n0..n0+W_ROWS. */
+INLINE void few_rows_block(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t K,
+                           int64_t N, int R, int64_t m0, int64_t n0) {
+    const int C = W_ROWS;
+    f32x16 acc[ROWS][W_ROWS];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) acc[r][c] = (f32x16){0};
+    for (int64_t k = 0; k < K; k += 16) {
+        f32x16 wv[W_ROWS];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            __builtin_prefetch(w + (n0 + c) * K + k + PREFETCH_FLOATS);
+            wv[c] = load16(w + (n0 + c) * K + k);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const f32x16 xv = load16(x + (m0 + r) * ldx + k);
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) acc[r][c] += xv * wv[c];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[(m0 + r) * N + n0 + c] = lane_sum(acc[r][c]) + (bias ? bias[n0 + c] : 0.0f);
+}
+
+#define ROWS_CASE(R) \
+    case R: few_rows_block(x, ldx, w, bias, y, K, N, R, m0, n0); break;
+
+/* K a multiple of 16, N of W_ROWS (the caller checks). */
+void linear_few_rows_f32(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t M,
+                         int64_t K, int64_t N, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += W_ROWS)
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
+            switch (M - m0 < ROWS ? M - m0 : ROWS) {
+                ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)
+            }
+        }
 }
