@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ class ModelRunner:
     def _verify(self, logits: torch.Tensor, seqs: list[Sequence], num_logits: list[int]) -> RunnerOutput:
         """Sequences with proposals verify them over their rows (greedy, or by rejection sampling);
         the others sample their one row."""
-        ends = torch.tensor(num_logits).cumsum(0).tolist()
+        ends = list(itertools.accumulate(num_logits))
         plain = [i for i, n in enumerate(num_logits) if n == 1]
         sampled = self.sampler(logits[[ends[i] - 1 for i in plain]], [seqs[i] for i in plain])
         token_ids: list[list[int]] = [[] for _ in seqs]
@@ -115,5 +116,5 @@ class ModelRunner:
 def _last_rows(num_logits: list[int], token_ids: list[list[int]]) -> list[int]:
     """Each sequence's row (among the logits rows) that produced its last token: a proposal's row
     checks the token after it, so with a accepted it is the (a + 1)-th of the sequence's rows."""
-    starts = [end - n for end, n in zip(torch.tensor(num_logits).cumsum(0).tolist(), num_logits)]
+    starts = itertools.accumulate(num_logits[:-1], initial=0)
     return [start + len(tokens) - 1 for start, tokens in zip(starts, token_ids)]

@@ -36,12 +36,11 @@ class DraftProposer:
     def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
         drafts: list[list[int]] = [[] for _ in seqs]
         reserved = [i for i, (seq, k) in enumerate(zip(seqs, num_tokens)) if self._reserve(seq, k)]
-        live = list(reserved)
         # Step 0 feeds what the draft has not computed, up to the last token; later steps, a guess.
-        starts = {i: self._first_uncomputed(seqs[i]) for i in live}
+        starts = {i: self._first_uncomputed(seqs[i]) for i in reserved}
+        live = sorted(reserved, key=lambda i: starts[i] < seqs[i].num_tokens - 1)  # single queries first
         step = 0
         while live:
-            live.sort(key=lambda i: step == 0 and starts[i] < seqs[i].num_tokens - 1)  # single queries first
             inputs, begin, lengths = [], [], []
             for i in live:
                 seq = seqs[i]
