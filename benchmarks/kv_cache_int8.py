@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from tokenmill.kernels.paged_attention import CpuAttentionBackend, PagedAttentionKernels
+from tokenmill.attention.cpu_backend import CpuAttentionBackend
+from tokenmill.kernels.paged_attention import PagedAttentionKernels
 from tokenmill.model.arch_config import ArchConfig
-from tokenmill.model.attention import AttentionBatch, KVCacheView, kv_block_views
+from tokenmill.attention.base import AttentionBatch, KVCacheView, kv_block_views
 from tokenmill.runner.kv_cache import allocate_kv_cache, block_bytes
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16

@@ -169,8 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_train_draft(args: argparse.Namespace) -> int:
     from tokenmill.llm import LLM
     from tokenmill.model.default import default_model_path
-    from tokenmill.spec.heads import default_heads_path
-    from tokenmill.spec.train import run
+    from tokenmill.speculative.heads import default_heads_path
+    from tokenmill.training.draft_heads import run
 
     model_path = args.model or default_model_path()
     config = DraftTrainingConfig(num_heads=args.num_heads, num_prompts=args.num_prompts, epochs=args.epochs,

@@ -150,7 +150,7 @@ class SpeculativeConfig:
 
 @dataclass(frozen=True)
 class DraftTrainingConfig:
-    """`tokenmill train-draft`: how draft heads are trained (tokenmill.spec.train)."""
+    """`tokenmill train-draft`: how draft heads are trained (tokenmill.training.draft_heads)."""
 
     num_heads: int = 3
     num_prompts: int = 384

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenmill.kernels.paged_attention import PagedAttentionKernels
-from tokenmill.model.attention import AttentionBatch, KVCacheView, kv_block_views
+from tokenmill.attention.base import AttentionBatch, KVCacheView, kv_block_views
 
 NATIVE = PagedAttentionKernels.load()  # None without a C compiler
 HAS_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from tests.kernels.paged_inputs import NATIVE, quantized, random_batch, random_kv, strided_q
-from tokenmill.kernels.paged_attention import CpuAttentionBackend
-from tokenmill.model.attention import AttentionBatch, select_attention_backend
-from tokenmill.model.torch_attention import TorchAttentionBackend
+from tokenmill.attention.cpu_backend import CpuAttentionBackend
+from tokenmill.attention.base import AttentionBatch
+from tokenmill.attention.selector import select_attention_backend
+from tokenmill.attention.torch_backend import TorchAttentionBackend
 
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="no C compiler for the cpu attention kernel")
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from tests.kernels.paged_inputs import HAS_AVX512, NATIVE, dequantized, quantized, random_batch, random_kv, strided_q
-from tokenmill.kernels.paged_attention import CpuAttentionBackend, write_int8
-from tokenmill.model.attention import AttentionBackend, KVCacheView, kv_block_views
+from tokenmill.attention.cpu_backend import CpuAttentionBackend
+from tokenmill.kernels.paged_attention import write_int8
+from tokenmill.attention.base import AttentionBackend, KVCacheView, kv_block_views
 from tokenmill.quant.tensor import symmetric_int8
-from tokenmill.model.torch_attention import TorchAttentionBackend
+from tokenmill.attention.torch_backend import TorchAttentionBackend
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16  # the default model's attention
 # Decode rows at lengths around block edges and up to 700 keys, then two prefill chunks: a whole

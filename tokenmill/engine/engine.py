@@ -20,7 +20,7 @@ from tokenmill.model.loader import load_model
 from tokenmill.outputs import RequestOutput
 from tokenmill.runner.model_runner import ModelRunner, RunnerOutput
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.spec.speculator import Speculator, make_proposer
+from tokenmill.speculative.speculator import Speculator, make_proposer
 
 logger = logging.getLogger(__name__)
 

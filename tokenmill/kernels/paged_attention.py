@@ -1,4 +1,4 @@
-"""The `cpu` attention backend: csrc/paged_attention.c reads every sequence's K and V from their
+"""Bindings of csrc/paged_attention.c, which reads every sequence's K and V from their
 blocks in place, decode rows and prefill chunks alike, in one call per layer; float32 blocks, or
 int8 ones dequantized inside the kernel, which also quantizes each step's new K and V into them."""
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tokenmill.attention.base import KVCacheView
 from tokenmill.kernels.cpu_build import load_library
-from tokenmill.model.attention import AttentionBatch, KVCacheView
 
 _i64, _ptr, _float, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
 
@@ -79,30 +79,3 @@ def _dense_heads(x: torch.Tensor) -> torch.Tensor:
     """x ([T, heads, D]) with dense heads; its rows may stay strided (views into the fused q/k/v
     projection)."""
     return x if x.stride(2) == 1 and x.stride(1) == x.shape[2] else x.contiguous()
-
-
-@dataclass(frozen=True)
-class CpuAttentionPlan:
-    batch: AttentionBatch
-    kernels: PagedAttentionKernels
-
-    def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
-        b = self.batch
-        if kv.key_scales is None:
-            kv.write(k, v, b.slot_blocks, b.slot_offsets)
-        else:
-            write_int8(self.kernels, kv, k, v, b.slot_blocks, b.slot_offsets)
-
-    def attend(self, q: torch.Tensor, kv: KVCacheView) -> torch.Tensor:
-        b = self.batch
-        return run_kernel(self.kernels, q, kv, b.block_tables, b.query_start, b.seq_lens)
-
-
-class CpuAttentionBackend:
-    name = "cpu"
-
-    def __init__(self, kernels: PagedAttentionKernels) -> None:
-        self.kernels = kernels
-
-    def plan(self, batch: AttentionBatch) -> CpuAttentionPlan:
-        return CpuAttentionPlan(batch, self.kernels)

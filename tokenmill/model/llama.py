@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from tokenmill.model.arch_config import ArchConfig
-from tokenmill.model.attention import AttentionPlan, PagedAttention
+from tokenmill.attention.base import AttentionPlan
+from tokenmill.model.attention import PagedAttention
 from tokenmill.model.layers import Linear, RMSNorm, RotaryEmbedding, SiluAndMul
 from tokenmill.quant.tensor import QuantizedTensor, concat_rows
 

@@ -8,7 +8,7 @@ import torch
 
 from tokenmill.engine.scheduler import SchedulerOutput
 from tokenmill.engine.sequence import Sequence
-from tokenmill.model.attention import AttentionBatch
+from tokenmill.attention.base import AttentionBatch
 
 
 @dataclass

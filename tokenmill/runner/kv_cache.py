@@ -54,7 +54,7 @@ def allocate_kv_cache(
     arch: ArchConfig, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The pool, [layers, 2, num_blocks, block_size * kv_heads * head_dim]: K and V blocks of every
-    layer, laid out inside a block as the attention backends read them (model.attention.kv_block_views);
+    layer, laid out inside a block as the attention backends read them (tokenmill.attention.base.kv_block_views);
     for int8, also its scales, [layers, 2, num_blocks, kv_heads * block_size]."""
     shape = (arch.num_layers, 2, num_blocks, block_size * arch.num_kv_heads * arch.head_dim)
     pool = torch.zeros(shape, dtype=kv_dtype, device=device)

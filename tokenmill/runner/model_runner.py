@@ -13,7 +13,8 @@ from tokenmill.config import CacheConfig, ModelConfig
 from tokenmill.engine.scheduler import SchedulerOutput
 from tokenmill.engine.sequence import Sequence
 from tokenmill.kernels.fused_ops import FusedOps
-from tokenmill.model.attention import kv_block_views, select_attention_backend
+from tokenmill.attention.base import kv_block_views
+from tokenmill.attention.selector import select_attention_backend
 from tokenmill.model.layers import bind_fused_ops
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
@@ -21,7 +22,7 @@ from tokenmill.runner.batch import prepare_input
 from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
 from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.sampler import Sampler
-from tokenmill.spec.verify import accept_greedy, accept_sampled
+from tokenmill.speculative.verify import accept_greedy, accept_sampled
 
 logger = logging.getLogger(__name__)
 

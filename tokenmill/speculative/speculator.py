@@ -12,7 +12,7 @@ from tokenmill.config import CacheConfig, ModelConfig, SpeculativeConfig
 from tokenmill.engine.sequence import Sequence
 from tokenmill.kv.block_manager import BlockManager
 from tokenmill.runner.model_runner import ModelRunner
-from tokenmill.spec.adaptive import proposal_length, updated_rate
+from tokenmill.speculative.adaptive import proposal_length, updated_rate
 
 
 class Proposer(Protocol):
@@ -97,14 +97,14 @@ class Speculator:
 
 def make_proposer(config: SpeculativeConfig, runner: ModelRunner, block_manager: BlockManager,
                   model_config: ModelConfig) -> Proposer:
-    from tokenmill.spec.ngram import NgramProposer
+    from tokenmill.speculative.ngram import NgramProposer
 
     ngram = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
     if config.method == "ngram":
         return ngram
     if config.method == "draft":
         return _draft_proposer(config, runner, block_manager, model_config)
-    from tokenmill.spec.heads import DraftHeads, HeadsProposer, default_heads_path
+    from tokenmill.speculative.heads import DraftHeads, HeadsProposer, default_heads_path
 
     path = Path(config.model) if config.model is not None else default_heads_path(model_config.model)
     if not path.is_file():
@@ -117,7 +117,7 @@ def _draft_proposer(config: SpeculativeConfig, runner: ModelRunner, block_manage
                     model_config: ModelConfig) -> Proposer:
     from tokenmill.model.loader import load_model
     from tokenmill.runner.kv_cache import block_bytes
-    from tokenmill.spec.draft import DraftProposer
+    from tokenmill.speculative.draft import DraftProposer
 
     if config.model is None:  # a self-draft
         return DraftProposer(runner.model, runner.attention, block_manager, runner.device, config.draft_layers)

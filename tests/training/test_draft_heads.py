@@ -5,8 +5,8 @@ import torch
 
 from tokenmill import LLM
 from tokenmill.config import DraftTrainingConfig
-from tokenmill.spec.heads import DraftHeads
-from tokenmill.spec.train import accuracy, hidden_states, make_examples, self_distill, train_heads
+from tokenmill.speculative.heads import DraftHeads
+from tokenmill.training.draft_heads import accuracy, hidden_states, make_examples, self_distill, train_heads
 
 CONFIG = DraftTrainingConfig(num_heads=2, num_prompts=6, epochs=3, batch_size=64, learning_rate=3e-3)
 

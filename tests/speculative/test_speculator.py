@@ -3,9 +3,9 @@
 from tokenmill.config import SpeculativeConfig
 from tokenmill.engine.sequence import Sequence
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.spec.adaptive import proposal_length, updated_rate
-from tokenmill.spec.ngram import NgramProposer
-from tokenmill.spec.speculator import FirstProposal, Speculator
+from tokenmill.speculative.adaptive import proposal_length, updated_rate
+from tokenmill.speculative.ngram import NgramProposer
+from tokenmill.speculative.speculator import FirstProposal, Speculator
 
 REPEATING = [5, 6, 7, 8, 9] * 4
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tokenmill.model.attention import AttentionBatch, KVCacheView
+from tokenmill.attention.base import AttentionBatch, KVCacheView
 
 
 @dataclass(frozen=True)

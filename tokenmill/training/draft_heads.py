@@ -21,7 +21,7 @@ from tokenmill.bench.chat_workloads import WorkloadSpec, build_workload
 from tokenmill.config import DraftTrainingConfig
 from tokenmill.llm import LLM
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.spec.heads import DraftHeads
+from tokenmill.speculative.heads import DraftHeads
 
 logger = logging.getLogger(__name__)
 

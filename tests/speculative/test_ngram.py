@@ -1,6 +1,6 @@
 """Prompt lookup on its own: which continuation it proposes."""
 
-from tokenmill.spec.ngram import NgramProposer
+from tokenmill.speculative.ngram import NgramProposer
 
 
 def test_proposes_what_followed_the_latest_match_of_the_longest_suffix():

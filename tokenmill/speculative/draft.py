@@ -16,7 +16,7 @@ from torch import nn
 
 from tokenmill.engine.sequence import Sequence
 from tokenmill.kv.block_manager import BlockManager
-from tokenmill.model.attention import AttentionBackend
+from tokenmill.attention.base import AttentionBackend
 from tokenmill.runner.batch import query_batch
 
 

@@ -4,7 +4,7 @@ sampling leaves the model's distribution exactly as it was (chi-square tests).""
 import pytest
 import torch
 
-from tokenmill.spec.verify import accept_greedy, accept_sampled
+from tokenmill.speculative.verify import accept_greedy, accept_sampled
 
 SIGNIFICANCE = 0.001  # a correct sampler fails a test this seldom
 
