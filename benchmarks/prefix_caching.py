@@ -63,7 +63,7 @@ def every_round(name: str, runs: list[dict[str, float]]) -> str:
 
 
 def pool_check(llm: LLM) -> str:
-    bm = llm.engine.block_manager
+    bm = llm.engine.kv_manager
     assert not llm.engine.has_unfinished_requests()
     assert all(count == 0 for count in bm.ref_counts) and bm.num_free_blocks == bm.num_blocks
     cached = len(bm.prefix_cache) if bm.prefix_cache is not None else 0

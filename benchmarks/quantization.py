@@ -45,7 +45,7 @@ def resident_mib(precision: str) -> float:
         f"llm = LLM(kv_cache_memory={KV_BUDGET}, **PRECISIONS[{precision!r}])\n"
         "llm.generate('Hello', SamplingParams(max_tokens=8), use_tqdm=False)\n"
         "rss = next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]\n"
-        "print(json.dumps({'tokens': llm.engine.block_manager.num_blocks * llm.engine.block_manager.block_size,"
+        "print(json.dumps({'tokens': llm.engine.kv_manager.num_blocks * llm.engine.kv_manager.block_size,"
         " 'rss_kib': int(rss)}))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

@@ -34,7 +34,7 @@ from tokenmill.bench.report import command_line, cpu_model, load_average_note, m
 from tokenmill.bench.stats import percentile
 from tokenmill.bench.workloads import WorkloadRequest, offline_workload, spread_subset
 from tokenmill.model.default import DEFAULT_MODEL_NAME, default_model_path
-from tokenmill.model.loader import load_tokenizer
+from tokenmill.model.tokenizer import load_tokenizer
 
 console = Console()
 

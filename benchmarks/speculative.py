@@ -39,8 +39,8 @@ def run(llm: LLM, requests: list[ChatRequest], concurrent: bool) -> tuple[float,
     """Output tokens/s over the requests (all at once, or one after another), and the proposals
     made and accepted meanwhile."""
     params = [SamplingParams(max_tokens=r.output_len, temperature=0.0) for r in requests]
-    spec = llm.engine.speculator
-    before = (spec.stats.num_proposed, spec.stats.num_accepted) if spec else (0, 0)
+    stats = llm.engine.stats()
+    before = (stats.spec_draft_tokens, stats.spec_accepted_tokens)
     start = time.perf_counter()
     if concurrent:
         outputs = llm.chat([r.messages for r in requests], params, use_tqdm=False)
@@ -48,7 +48,8 @@ def run(llm: LLM, requests: list[ChatRequest], concurrent: bool) -> tuple[float,
         outputs = [llm.chat(r.messages, p, use_tqdm=False)[0] for r, p in zip(requests, params)]
     seconds = time.perf_counter() - start
     tokens = sum(len(out.outputs[0].token_ids) for out in outputs)
-    after = (spec.stats.num_proposed, spec.stats.num_accepted) if spec else (0, 0)
+    stats = llm.engine.stats()
+    after = (stats.spec_draft_tokens, stats.spec_accepted_tokens)
     return tokens / seconds, after[0] - before[0], after[1] - before[1]
 
 

@@ -42,8 +42,8 @@ def every_kv_block_comes_back() -> Iterator[None]:
     yield
     for engine in (llm.engine for llm in _llms.values()):
         assert not engine.has_unfinished_requests()
-        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
-        assert all(count == 0 for count in engine.block_manager.ref_counts)
+        assert engine.kv_manager.num_free_blocks == engine.kv_manager.num_blocks
+        assert all(count == 0 for count in engine.kv_manager.ref_counts)
 
 
 @pytest.fixture(scope="session")

@@ -68,3 +68,9 @@ def test_engine_settings_out_of_range_are_refused():
         LLM(block_size=0)
     with pytest.raises(ValueError, match="attention_backend"):
         LLM(attention_backend="fast")
+
+
+def test_prompt_rows_are_for_one_sample(llm):
+    with pytest.raises(InvalidRequestError, match="n = 1") as error:
+        llm.engine.add_request([1, 2, 3], SamplingParams(n=2), returns_prompt_rows=True)
+    assert error.value.param == "n" and not llm.engine.has_unfinished_requests()

@@ -1,6 +1,7 @@
-"""`tokenmill generate` and `tokenmill chat` on the real model (the session's engine)."""
+"""`tokenmill generate` and `tokenmill chat` on the real model (the session's engine); what the CLI imports."""
 
 import io
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,33 @@ def test_draft_layers_makes_a_self_draft(cli_llm):
                      '{"method": "draft", "num_speculative_tokens": 2}']) == 0
     assert cli.engine_options(cli_llm[1])["speculative_config"] == {
         "method": "draft", "num_speculative_tokens": 2, "draft_layers": 4}
+
+
+def run_without_torch(code: str) -> str:
+    """Runs `code` in a fresh interpreter and checks it imported neither torch nor the engine; its stdout."""
+    check = f"import sys\n{code}\nloaded = [m for m in ('torch', 'tokenmill.llm') if m in sys.modules]\n"
+    result = subprocess.run([sys.executable, "-c", check + "assert not loaded, loaded"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["bench", "serve", "--help"], ["bench", "offline", "--help"]])
+def test_help_loads_no_torch(argv):
+    out = run_without_torch(f"from tokenmill.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+    assert out.startswith("usage: tokenmill")
+
+
+def test_bench_serve_runs_without_torch():
+    """All of `bench serve` (its parser, the workload and its tokenizer, the load, the report) talks HTTP
+    only; here to a port that refuses, so every request fails at once."""
+    with socket.socket() as unlistened:
+        unlistened.bind(("127.0.0.1", 0))
+        argv = ["bench", "serve", "--base-url", f"http://127.0.0.1:{unlistened.getsockname()[1]}", "--model", "m",
+                "--num-requests", "2", "--concurrency", "1"]
+        out = run_without_torch(
+            "import argparse\nfrom tokenmill.bench import cli\n"
+            "parser = argparse.ArgumentParser()\ncli.add_bench_commands(parser.add_subparsers())\n"
+            f"args = parser.parse_args({argv!r})\nargs.run(args)"
+        )
+    assert "requests (failed)" in out

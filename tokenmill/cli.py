@@ -3,105 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tokenmill.bench.cli import add_bench_commands
-from tokenmill.config import (
-    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig,
-    DraftTrainingConfig, ModelConfig, SchedulerConfig,
-)
+from tokenmill.config import DraftTrainingConfig, EngineConfig
+from tokenmill.engine_args import (
+    add_engine_args, add_sampling_args, build_llm, engine_options, model_name, sampling_params,
+)  # fmt: skip
 from tokenmill.eval.cli import add_eval_commands
-from tokenmill.model.default import DEFAULT_MODEL_NAME
-from tokenmill.sampling_params import SamplingParams
-from tokenmill.server.config import API_KEY_ENV
-
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """The engine's options, with vLLM's flag names."""
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a GGUF file or a Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=ModelConfig.seed)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=SchedulerConfig.max_num_seqs)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=SchedulerConfig.max_num_batched_tokens)
-    parser.add_argument("--block-size", type=int, default=CacheConfig.block_size)
-    parser.add_argument("--kv-cache-memory", type=int, default=None, help="KV cache budget in bytes")
-    parser.add_argument("--kv-cache-memory-fraction", type=float, default=CacheConfig.kv_cache_memory_fraction,
-                        help="KV cache budget as a fraction of available memory, when --kv-cache-memory is unset")
-    parser.add_argument("--attention-backend", default=ModelConfig.attention_backend, choices=ATTENTION_BACKENDS)
-    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                        default=CacheConfig.enable_prefix_caching, help="reuse the KV of shared prompt prefixes")
-    parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
-                        help="the same as --no-enable-prefix-caching")
-    parser.add_argument("-q", "--quantization", default="none", choices=QUANTIZATION_CHOICES,
-                        help="weights: int8 (per channel) or int4 (per group), quantized at load; "
-                             "gguf: a GGUF file's own quantized tensors")
-    parser.add_argument("--quantization-group-size", type=int, default=ModelConfig.quantization_group_size,
-                        help="int4: input channels per scale")
-    parser.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=KV_CACHE_DTYPE_CHOICES,
-                        help="int8: one byte per K/V element with a scale per token and head")
-    parser.add_argument("--speculative-config", type=_json_object, default=None,
-                        help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'; '
-                             'methods: ngram, draft, heads, ngram_heads')
-    parser.add_argument("--draft-layers", type=int, default=None,
-                        help="speculate with a self-draft made of the model's first N layers (method draft)")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
-    parser.add_argument("--max-tokens", type=int, default=max_tokens)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-
-
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine flags as LLM's (and EngineConfig.create's) keyword arguments."""
-    return dict(
-        model=args.model, dtype=args.dtype, device=args.device, seed=args.seed, block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len, kv_cache_memory=args.kv_cache_memory,
-        kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
-        enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
-        quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
-        speculative_config=_speculative_config(args),
-    )  # fmt: skip
-
-
-def _speculative_config(args: argparse.Namespace) -> dict | None:
-    """--speculative-config, with --draft-layers N as its draft_layers (and method draft if unset)."""
-    if args.draft_layers is None:
-        return args.speculative_config
-    return {"method": "draft", **(args.speculative_config or {}), "draft_layers": args.draft_layers}
-
-
-def build_llm(args: argparse.Namespace):  # -> tokenmill.LLM (imported late: loading the engine is slow)
-    from tokenmill.llm import LLM
-
-    return LLM(**engine_options(args))
-
-
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, seed=args.seed)
+from tokenmill.server.config import API_KEY_ENV, ServerConfig
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -143,15 +57,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_name(args: argparse.Namespace) -> str:
-    """The name a model goes by in the API and in results: the file's or directory's stem."""
-    return DEFAULT_MODEL_NAME if args.model is None else Path(args.model).stem
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tokenmill.config import EngineConfig
-    from tokenmill.server.config import ServerConfig
-    from tokenmill.server.serve import serve
+    from tokenmill.server.serve import serve  # here, not above: it loads torch and the engine
 
     if args.model_tag is not None:
         args.model = args.model_tag
@@ -184,8 +91,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
-    from tokenmill.server.config import ServerConfig as S
-
+    S = ServerConfig  # its defaults are the flags' defaults
     parser.add_argument("model_tag", nargs="?", type=Path, default=None, help="the model (same as --model)")
     parser.add_argument("--host", default=S.host)
     parser.add_argument("--port", type=int, default=S.port)
@@ -236,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="draws the prompts (the benchmarks draw with 0)")
     train.set_defaults(run=cmd_train_draft)
 
-    add_bench_commands(commands, add_engine_args)
+    add_bench_commands(commands)
     add_eval_commands(commands)
     return parser
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported only where a dtype or device is built: the CLI reads these choices and defaults
+# (and HTTP-only commands run) without loading it.
+if TYPE_CHECKING:
+    import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_CHOICES = ("auto", *_DTYPES)
+_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # torch's own names
+DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)
 ATTENTION_BACKENDS = ("auto", "cpu", "torch")  # cpu: the C kernels; torch: plain PyTorch, any device
 # none: the weights in `dtype`; int8/int4: quantized at load time; gguf: a GGUF's own quantized tensors.
 QUANTIZATION_CHOICES = ("none", "int8", "int4", "gguf")
@@ -20,8 +24,8 @@ class ModelConfig:
     """Which model to load and how to run it."""
 
     model: Path
-    dtype: torch.dtype = torch.float32
-    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = field(default_factory=lambda: ModelConfig.parse_dtype("float32"))
+    device: torch.device = field(default_factory=lambda: ModelConfig.parse_device("cpu"))
     max_model_len: int | None = None  # None: the model's context length, capped by the KV cache
     seed: int = 0
     attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
@@ -29,6 +33,8 @@ class ModelConfig:
     quantization_group_size: int = 32  # int4: input channels that share one scale and offset
 
     def __post_init__(self) -> None:
+        import torch
+
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
@@ -42,16 +48,20 @@ class ModelConfig:
 
     @staticmethod
     def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+        import torch
+
         if isinstance(dtype, torch.dtype):
             return dtype
         if dtype == "auto":
             return torch.float32
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
-        return _DTYPES[dtype]
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPE_NAMES)}; got {dtype!r}")
+        return getattr(torch, dtype)
 
     @staticmethod
     def parse_device(device: str | torch.device) -> torch.device:
+        import torch
+
         if device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(device)
@@ -89,8 +99,13 @@ class SchedulerConfig:
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    # Slots kept past each sequence's scheduled tokens for proposers that write KV ahead (a draft
+    # model's guesses): speculative decoding sets it, from EngineConfig.create.
+    num_lookahead_tokens: int = 0
 
     def __post_init__(self) -> None:
+        if self.num_lookahead_tokens < 0:
+            raise ValueError(f"num_lookahead_tokens must be >= 0, got {self.num_lookahead_tokens}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
@@ -132,6 +147,11 @@ class SpeculativeConfig:
             raise ValueError(f"disable_by_batch_size must be >= 2, got {self.disable_by_batch_size}")
 
     @property
+    def num_lookahead_tokens(self) -> int:
+        """KV slots a step keeps past its tokens: a draft model writes its guesses' KV there."""
+        return self.num_speculative_tokens if self.method == "draft" else 0
+
+    @property
     def uses_heads(self) -> bool:
         """Whether draft heads propose, which read the model's hidden states."""
         return self.method in ("heads", "ngram_heads")
@@ -171,6 +191,12 @@ class EngineConfig:
     scheduler: SchedulerConfig
     speculative: SpeculativeConfig | None = None
 
+    def __post_init__(self) -> None:
+        needed = 0 if self.speculative is None else self.speculative.num_lookahead_tokens
+        if self.scheduler.num_lookahead_tokens < needed:
+            raise ValueError(f"speculative method {self.speculative.method!r} writes {needed} tokens' KV ahead: "
+                             f"the scheduler must keep num_lookahead_tokens >= {needed}")
+
     @classmethod
     def create(
         cls,
@@ -205,11 +231,13 @@ class EngineConfig:
             quantization=quantization or "none",
             quantization_group_size=quantization_group_size,
         )
+        speculative = SpeculativeConfig.from_dict(speculative_config) if speculative_config else None
         return cls(
             model_config,
             CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching, kv_cache_dtype),
-            SchedulerConfig(max_num_seqs, max_num_batched_tokens),
-            SpeculativeConfig.from_dict(speculative_config) if speculative_config else None,
+            SchedulerConfig(max_num_seqs, max_num_batched_tokens,
+                            speculative.num_lookahead_tokens if speculative is not None else 0),
+            speculative,
         )
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from tqdm import tqdm
 
 from tokenmill.config import EngineConfig
-from tokenmill.engine.engine import LLMEngine
+from tokenmill.engine.engine import InvalidRequestError, LLMEngine
+from tokenmill.engine.output_processor import OutputProcessor, RequestDelta
 from tokenmill.outputs import RequestOutput
 from tokenmill.sampling_params import SamplingParams
 
@@ -25,6 +26,7 @@ class LLM:
         quantization, quantization_group_size, speculative_config."""
         self.engine = LLMEngine(EngineConfig.create(model, **engine_options))
         self.tokenizer = self.engine.tokenizer
+        self._processor = OutputProcessor(self.tokenizer)  # text, in this process, off the engine's step
 
     def generate(
         self,
@@ -39,10 +41,10 @@ class LLM:
         ids = []
         try:
             for i, (prompt, p) in enumerate(zip(prompts, params)):
-                ids.append(self.engine.add_request(_engine_prompt(prompt), p, priority=priority[i] if priority else 0))
+                ids.append(self._add(prompt, p, priority[i] if priority else 0))
         except Exception:
             for request_id in ids:  # leave nothing half-added behind
-                self.engine.abort_request(request_id)
+                self._abort(request_id)
             raise
         return self._run(ids, use_tqdm)
 
@@ -61,25 +63,55 @@ class LLM:
 
     def stream(self, prompt: PromptType, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Generates for one prompt, yielding its output (text so far) after every step that adds to it."""
-        request_id = self.engine.add_request(_engine_prompt(prompt), sampling_params or SamplingParams())
+        request_id = self._add(prompt, sampling_params or SamplingParams())
         try:
             while True:
-                for out in self.engine.step():
-                    if out.request_id == request_id:
-                        yield out
-                        if out.finished:
+                for delta in self._step():
+                    if delta.request_id == request_id:
+                        yield self._processor.output(request_id)
+                        if delta.finished:
                             return
         finally:
-            self.engine.abort_request(request_id)  # a consumer that stops early frees the request
+            self._abort(request_id)  # a consumer that stops early frees the request
+
+    def _add(self, prompt: PromptType, params: SamplingParams, priority: int = 0) -> str:
+        text, token_ids = self._tokenize(prompt)
+        request_id = self.engine.add_request(token_ids, params, priority=priority)
+        self._processor.add_request(request_id, text, token_ids, params)
+        return request_id
+
+    def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        prompt = _engine_prompt(prompt)
+        if not isinstance(prompt, str):
+            return None, prompt
+        if not prompt:
+            raise InvalidRequestError("prompt", "prompt is empty")
+        return prompt, self.tokenizer.encode(prompt)
+
+    def _abort(self, request_id: str) -> None:
+        self.engine.abort_request(request_id)
+        self._processor.forget(request_id)
+
+    def _step(self) -> list[RequestDelta]:
+        """One engine step, its token ids made text; samples that a stop string ended are aborted."""
+        deltas = self._processor.process(self.engine.step())
+        for request_id, indices in self._processor.take_aborts():
+            self.engine.abort_request(request_id, indices)
+        return deltas
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
-        with tqdm(total=len(request_ids), desc="Generating", unit="req", disable=not use_tqdm) as bar:
-            while self.engine.has_unfinished_requests():
-                for out in self.engine.step():
-                    if out.finished:
-                        finished[out.request_id] = out
-                        bar.update(1)
+        try:
+            with tqdm(total=len(request_ids), desc="Generating", unit="req", disable=not use_tqdm) as bar:
+                while self.engine.has_unfinished_requests():
+                    for delta in self._step():
+                        if delta.finished:
+                            finished[delta.request_id] = self._processor.pop_output(delta.request_id)
+                            bar.update(1)
+        except BaseException:  # an interrupt, or an error inside a step: free what is still running
+            for request_id in request_ids:
+                self._abort(request_id)
+            raise
         return [finished[i] for i in request_ids]
 
 

@@ -21,4 +21,4 @@ def engines(make_llm) -> dict[str, LLMEngine]:
 def every_eval_kv_block_comes_back() -> Iterator[None]:
     yield
     for engine in _engines.values():
-        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+        assert engine.kv_manager.num_free_blocks == engine.kv_manager.num_blocks

@@ -1,18 +1,19 @@
 """Prefix caching over ids alone: toy pools, exact block ids, reference counts, hits, eviction order."""
 
 from tokenmill.config import SchedulerConfig
+from tokenmill.engine.messages import RunnerOutput
 from tokenmill.engine.scheduler import Scheduler
 from tokenmill.engine.sequence import Sequence
-from tokenmill.kv.block_manager import BlockManager
-from tokenmill.kv.prefix_cache import PrefixCache, chain_hashes
+from tokenmill.kv.block_hash import chain_hashes
+from tokenmill.kv.kv_manager import KVCacheManager
 from tokenmill.sampling_params import SamplingParams
 
 _ids = iter(range(10**6))
 
 
 def make(num_blocks=8, block_size=4, max_tokens=64):
-    bm = BlockManager(num_blocks, block_size, PrefixCache())
-    return Scheduler(SchedulerConfig(8, max_tokens), bm), bm
+    kv = KVCacheManager(num_blocks, block_size)
+    return Scheduler(SchedulerConfig(8, max_tokens), kv), kv
 
 
 def seq(tokens: list[int], salt: str | None = None) -> Sequence:
@@ -24,15 +25,15 @@ def prefill(sched: Scheduler, *seqs: Sequence) -> list[int]:
     for s in seqs:
         sched.add(s)
     out = sched.schedule()
-    sched.update(out)
-    return [n for s, n in zip(out.seqs, out.num_new_tokens) if s in seqs]
+    sched.update(RunnerOutput())
+    return [out.num_scheduled_tokens[s.seq_id] for s in seqs if s.seq_id in out.num_scheduled_tokens]
 
 
 def test_the_hash_chain_covers_the_whole_prefix_and_the_salt():
     a, b, c = [], [], []
     chain_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4, 2, a, None)
     chain_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4, 2, b, None)  # same second block, different first
-    chain_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4, 2, c, "tenant-b")
+    chain_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4, 2, c, ("tenant-b",))
     assert len(set(a + b + c)) == 6
 
 
@@ -40,18 +41,18 @@ def test_a_finished_prompt_is_reused_and_one_token_is_always_computed():
     sched, bm = make()
     first = seq(list(range(10)))
     assert prefill(sched, first) == [10]
-    assert first.block_table == [0, 1, 2] and len(bm.prefix_cache) == 2  # blocks 0 and 1 are full
+    assert bm.block_table(first.seq_id) == [0, 1, 2] and len(bm.prefix_cache) == 2  # blocks 0 and 1 are full
     sched.finish(first, "stop")
     assert bm.ref_counts[:3] == [0, 0, 0] and bm.free_block_ids() == [3, 4, 5, 6, 7, 2, 1, 0]
 
     same = seq(list(range(10)))
     assert prefill(sched, same) == [2]  # 8 tokens cached, the last 2 computed
-    assert same.block_table == [0, 1, 3] and same.num_cached_tokens == 8
+    assert bm.block_table(same.seq_id) == [0, 1, 3] and same.num_cached_tokens == 8
     assert bm.ref_counts[:4] == [1, 1, 0, 1]
 
     exact = seq(list(range(8)))  # a prompt of exactly two blocks: its last token is recomputed
     assert prefill(sched, exact) == [4]
-    assert exact.block_table == [0, 4] and exact.num_cached_tokens == 4
+    assert bm.block_table(exact.seq_id) == [0, 4] and exact.num_cached_tokens == 4
     assert bm.ref_counts[:5] == [2, 1, 0, 1, 1]
     assert bm.prefix_cache.num_queried_tokens == 10 + 10 + 8
     assert bm.prefix_cache.num_hit_tokens == 0 + 8 + 4
@@ -63,8 +64,8 @@ def test_requests_in_flight_together_share_a_prefix():
     prefill(sched, a)
     b = seq(list(range(12)) + [200, 201])  # a is still running
     assert prefill(sched, b) == [2]
-    assert a.block_table[:3] == b.block_table[:3] == [0, 1, 2]
-    assert bm.ref_counts[:3] == [2, 2, 2] and b.block_table[3] == 4
+    assert bm.block_table(a.seq_id)[:3] == bm.block_table(b.seq_id)[:3] == [0, 1, 2]
+    assert bm.ref_counts[:3] == [2, 2, 2] and bm.block_table(b.seq_id)[3] == 4
 
 
 def test_a_salt_keeps_caches_apart():
@@ -84,10 +85,10 @@ def test_eviction_takes_the_least_recently_freed_and_leaves_before_parents():
     assert bm.free_block_ids() == [2, 1, 0, 5, 4, 3]  # each table tail first, older table first
     grower = seq(list(range(40, 49)))  # needs 3 blocks: takes 2, 1, 0 and evicts old's prefix
     prefill(sched, grower)
-    assert grower.block_table == [2, 1, 0]
+    assert bm.block_table(grower.seq_id) == [2, 1, 0]
     assert len(bm.prefix_cache) == 4  # old's two evicted, grower's two full blocks named
     again = seq(list(range(20, 28)) + [61])
-    assert prefill(sched, again) == [1] and again.block_table[:2] == [3, 4]  # new's prefix survived
+    assert prefill(sched, again) == [1] and bm.block_table(again.seq_id)[:2] == [3, 4]  # new's prefix survived
     sched.finish(grower, "stop")
     sched.finish(again, "stop")
     gone = seq(list(range(8)) + [51])
@@ -100,8 +101,8 @@ def test_generated_tokens_are_cached_for_the_next_turn():
     prefill(sched, turn1)
     for token in (70, 71, 72):  # three decode steps: tokens 6..8 computed, block 1 full after 8
         turn1.append_token(token)
-        out = sched.schedule()
-        sched.update(out)
+        sched.schedule()
+        sched.update(RunnerOutput())
     sched.finish(turn1, "stop")
     turn2 = seq(list(range(6)) + [70, 71, 72, 80, 81])
     assert prefill(sched, turn2) == [3] and turn2.num_cached_tokens == 8
@@ -114,4 +115,4 @@ def test_preemption_frees_blocks_to_the_cache_and_recompute_reuses_them():
     sched._preempt(a)  # as when blocks run out: back to waiting, blocks freed but still named
     assert bm.ref_counts == [0, 0, 0, 0] and len(bm.prefix_cache) == 2
     out = sched.schedule()
-    assert out.seqs == [a] and out.num_new_tokens == [1] and a.block_table[:2] == [0, 1]
+    assert list(out.num_scheduled_tokens.items()) == [(a.seq_id, 1)] and bm.block_table(a.seq_id)[:2] == [0, 1]

@@ -25,15 +25,15 @@ def hf_model(gguf_path):
 
 
 class RecordingSampler:
-    """Wraps the engine's sampler to keep each sampled row's logits, keyed by request and step."""
+    """Wraps the engine's sampler to keep each sampled row's logits, keyed by prompt and step."""
 
     def __init__(self, sampler):
         self.sampler = sampler
-        self.logits: dict[tuple[str, int], torch.Tensor] = {}
+        self.logits: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
 
     def __call__(self, logits, seqs):
         for row, seq in enumerate(seqs):
-            self.logits[(seq.request_id, seq.num_output_tokens)] = logits[row].clone()
+            self.logits[(tuple(seq.prompt_token_ids), seq.num_output_tokens)] = logits[row].clone()
         return self.sampler(logits, seqs)
 
 
@@ -49,7 +49,7 @@ def test_logits_match_transformers_while_decoding(make_llm, hf_model, monkeypatc
         with torch.no_grad():
             ref = hf_model(torch.tensor([ids])).logits[0]
         for step in range(DECODE_STEPS):
-            ours = recorder.logits[(out.request_id, step)]
+            ours = recorder.logits[(tuple(out.prompt_token_ids), step)]
             theirs = ref[len(out.prompt_token_ids) - 1 + step]
             rel = ((ours - theirs).norm() / theirs.norm()).item()
             assert rel < 1e-3, f"prompt {out.prompt!r}, decode step {step}: relative error {rel:.2e}"

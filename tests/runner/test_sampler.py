@@ -102,12 +102,13 @@ def test_n_samples_are_distinct_and_share_the_prompt_blocks(llm):
     seqs = engine.requests[request_id].seqs
     engine.step()  # sample 0 computes the prompt; the others join once it has
     engine.step()
-    full_blocks = shared_prefix_len(len(prompt_ids), engine.block_manager.block_size) // engine.block_manager.block_size
-    shared = seqs[0].block_table[:full_blocks]
-    assert full_blocks >= 2 and all(s.block_table[:full_blocks] == shared for s in seqs)
-    assert all(engine.block_manager.ref_counts[b] == 3 for b in shared)
+    block_size = engine.kv_manager.block_size
+    full_blocks = shared_prefix_len(len(prompt_ids), block_size) // block_size
+    tables = [engine.kv_manager.block_table(s.seq_id) for s in seqs]
+    shared = tables[0][:full_blocks]
+    assert full_blocks >= 2 and all(t[:full_blocks] == shared for t in tables)
+    assert all(engine.kv_manager.ref_counts[b] == 3 for b in shared)
     while engine.has_unfinished_requests():
-        outputs = engine.step()
-    [out] = outputs
-    samples = [tuple(c.token_ids) for c in out.outputs]
+        engine.step()
+    samples = [tuple(s.token_ids[s.num_prompt_tokens :]) for s in seqs]
     assert len(samples) == 3 and len(set(samples)) == 3

@@ -60,7 +60,7 @@ def expected(plain) -> dict[str, list[list[int]]]:
 
 
 def assert_every_block_free(llm: LLM) -> None:
-    manager = llm.engine.block_manager
+    manager = llm.engine.kv_manager
     assert not llm.engine.has_unfinished_requests()
     assert manager.num_free_blocks == manager.num_blocks
     assert all(count == 0 for count in manager.ref_counts)
@@ -72,9 +72,9 @@ def token_ids(outputs) -> list[list[int]]:
 
 def test_greedy_outputs_are_token_identical(expected, speculative):
     assert token_ids(speculative.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected["batch"]
-    stats = speculative.engine.speculator.stats
+    stats = speculative.engine.stats()
     # Some accepted, and not all: rejected ones were rolled back on the way.
-    assert 0 < stats.num_accepted < stats.num_proposed
+    assert 0 < stats.spec_accepted_tokens < stats.spec_draft_tokens
     assert_every_block_free(speculative)
 
 
@@ -83,7 +83,7 @@ def test_a_separate_draft_model_catches_up_and_guesses(expected):
     guesses nearly every token."""
     llm = LLM(speculative_config=DRAFT_MODEL, **ENGINE)
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected["batch"]
-    assert llm.engine.speculator.stats.acceptance_rate > 0.95
+    assert llm.engine.stats().spec_acceptance_rate > 0.95
     assert_every_block_free(llm)
 
 
@@ -105,11 +105,11 @@ def test_sampled_token_frequencies_are_unchanged(plain, ngram):
     prompt = "Say the word banana ten times: banana banana banana"
     requests = [SamplingParams(temperature=1.5, top_k=10, seed=seed, max_tokens=4, ignore_eos=True)
                 for seed in range(400)]
-    proposed_before = ngram.engine.speculator.stats.num_proposed
+    proposed_before = ngram.engine.stats().spec_draft_tokens
     columns = []
     for llm in (plain, ngram):
         columns.append([out.outputs[0].token_ids[1] for out in llm.generate([prompt] * 400, requests, use_tqdm=False)])
-    assert ngram.engine.speculator.stats.num_proposed > proposed_before
+    assert ngram.engine.stats().spec_draft_tokens > proposed_before
     tokens = set(columns[0]) | set(columns[1])
     common = sorted(t for t in tokens if columns[0].count(t) + columns[1].count(t) >= 10)
     table = torch.tensor([[col.count(t) for t in common] + [sum(1 for x in col if x not in common)]
@@ -125,15 +125,15 @@ def test_sampled_token_frequencies_are_unchanged(plain, ngram):
 @pytest.mark.parametrize("method", ["ngram", "draft", "draft-model"])
 def test_preemption_under_a_small_pool_loses_nothing(method):
     """A pool of 17 blocks, too small for every sequence at once: sequences are preempted and recomputed while
-    others verify proposals (and the self-draft reserves blocks for its guesses); outputs stay greedy's and
+    others verify proposals (and a draft keeps KV slots ahead for its guesses); outputs stay greedy's and
     every block comes back."""
     small = {"kv_cache_memory": 12 * 2**20, "max_num_batched_tokens": 64, "enable_prefix_caching": False}
     params = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)  # ~7 blocks each
     expected = token_ids(LLM(**small).generate(PROMPTS, params, use_tqdm=False))
     llm = LLM(speculative_config={**PROPOSERS, "draft-model": DRAFT_MODEL}[method], **small)
-    assert llm.engine.block_manager.num_blocks == 17
+    assert llm.engine.kv_manager.num_blocks == 17
     assert token_ids(llm.generate(PROMPTS, params, use_tqdm=False)) == expected
-    assert llm.engine.scheduler.num_preemptions > 0
+    assert llm.engine.stats().num_preemptions > 0
     assert_every_block_free(llm)
 
 

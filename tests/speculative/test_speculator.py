@@ -1,19 +1,21 @@
 """The speculator's choices: which sequences get proposals, and how many tokens."""
 
+import pytest
+
 from tokenmill.config import SpeculativeConfig
-from tokenmill.engine.sequence import Sequence
+from tokenmill.runner.input_batch import RunnerSequence
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.speculative.adaptive import proposal_length, updated_rate
 from tokenmill.speculative.ngram import NgramProposer
-from tokenmill.speculative.speculator import FirstProposal, Speculator
+from tokenmill.speculative.speculator import FirstProposal, ProposalInput, Speculator
 
 REPEATING = [5, 6, 7, 8, 9] * 4
 
 
-def decoding(seq_id: int, **params) -> Sequence:
-    seq = Sequence(seq_id, str(seq_id), 0, REPEATING, SamplingParams(max_tokens=100, **params))
-    seq.num_computed_tokens = seq.num_tokens - 1
-    return seq
+def decoding(seq_id: int, tokens=REPEATING, **params) -> ProposalInput:
+    """A sequence whose step just produced its last token."""
+    seq = RunnerSequence(seq_id, list(tokens[:-1]), 4, SamplingParams(max_tokens=100, **params), [], len(tokens) - 2)
+    return ProposalInput(seq, [tokens[-1]], hidden=None)
 
 
 def speculator(**options) -> Speculator:
@@ -24,23 +26,16 @@ def speculator(**options) -> Speculator:
 def test_small_batches_get_proposals_and_large_ones_none():
     spec = speculator(disable_by_batch_size=3)
     seqs = [decoding(i) for i in range(2)]
-    spec.propose(seqs)
-    assert [s.spec_token_ids for s in seqs] == [[5, 6, 7, 8]] * 2
-    seqs.append(decoding(2))
-    spec.propose(seqs)
-    assert [s.spec_token_ids for s in seqs] == [[]] * 3
+    assert spec.is_active(len(seqs)) and spec.propose(seqs) == {0: [5, 6, 7, 8], 1: [5, 6, 7, 8]}
+    assert not spec.is_active(3)
 
 
-def test_prefilling_capped_and_unverifiable_sequences_get_none():
+def test_capped_and_unverifiable_sequences_get_none():
     spec = speculator()
-    prefilling = decoding(0)
-    prefilling.num_computed_tokens = 3
-    near_the_end = Sequence(1, "1", 0, REPEATING, SamplingParams(max_tokens=3))
-    near_the_end.num_computed_tokens = near_the_end.num_tokens - 1
+    near_the_end = decoding(1)
+    near_the_end.seq.params = SamplingParams(max_tokens=len(REPEATING) - 4 + 3)
     with_logprobs = decoding(2, logprobs=1)
-    spec.propose([prefilling, near_the_end, with_logprobs])
-    assert prefilling.spec_token_ids == [] and with_logprobs.spec_token_ids == []
-    assert near_the_end.spec_token_ids == [5, 6]  # 2 proposals + the model's own token = max_tokens
+    assert spec.propose([near_the_end, with_logprobs]) == {1: [5, 6]}  # 2 proposals + the model's own token
 
 
 def test_length_follows_the_acceptance_rate():
@@ -60,16 +55,24 @@ def test_length_follows_the_acceptance_rate():
 def test_each_sequence_gets_its_own_length():
     spec = speculator()
     rejected, fresh = decoding(0), decoding(1)
-    for _ in range(30):
-        spec.record(rejected, num_proposed=4, num_accepted=0)
-    spec.propose([rejected, fresh])
-    assert rejected.spec_token_ids == [5] and fresh.spec_token_ids == [5, 6, 7, 8]
-    assert spec.stats.num_proposed == 120 and spec.stats.acceptance_rate == 0.0
+    rejected.seq.spec_token_ids = [1, 2, 3, 4]
+    counts = [spec.record([rejected.seq], [[9]]) for _ in range(30)]  # every proposal rejected
+    assert spec.propose([rejected, fresh]) == {0: [5], 1: [5, 6, 7, 8]}
+    assert sum(c.num_draft_tokens for c in counts) == 120 and sum(c.num_accepted_tokens for c in counts) == 0
 
 
 def test_first_proposal_falls_back_where_the_first_proposer_has_none():
-    repeating, fresh = decoding(0), decoding(1)
-    fresh.token_ids = [1, 2, 3, 4, 2]  # a one-token match only
+    repeating, fresh = decoding(0), decoding(1, tokens=[1, 2, 3, 4, 2])  # a one-token match only
     combined = FirstProposal([NgramProposer(2, 3), NgramProposer(1, 1)])
     assert combined.propose([repeating, fresh], [2, 2]) == [[5, 6], [3, 4]]
     assert NgramProposer(2, 3).propose([fresh], [2]) == [[]]
+
+
+def test_an_engine_config_without_room_for_a_drafts_guesses_is_refused(gguf_path):
+    from tokenmill.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+
+    draft = SpeculativeConfig(method="draft", draft_layers=4, num_speculative_tokens=3)
+    with pytest.raises(ValueError, match="num_lookahead_tokens >= 3"):
+        EngineConfig(ModelConfig(gguf_path), CacheConfig(), SchedulerConfig(), draft)
+    assert EngineConfig.create(gguf_path, speculative_config={"method": "draft", "draft_layers": 4}).scheduler \
+        .num_lookahead_tokens == 3

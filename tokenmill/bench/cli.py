@@ -9,7 +9,6 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,12 +24,16 @@ from tokenmill.bench.results import BenchRun, LevelResult
 from tokenmill.bench.speculation import SpeculationCounts, scrape
 from tokenmill.bench.stats import parse_slo
 from tokenmill.bench.tables import print_comparison, print_level
+from tokenmill.engine_args import add_engine_args, build_llm, model_name
+from tokenmill.model.default import default_model_path
+from tokenmill.model.tokenizer import load_tokenizer
+from tokenmill.sampling_params import SamplingParams
 from tokenmill.server.config import API_KEY_ENV
 
 console = Console()
 
 
-def add_bench_commands(commands: argparse._SubParsersAction, add_engine_args: Callable) -> None:
+def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmark a server or the engine")
     kinds = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -98,9 +101,6 @@ def _workload(args: argparse.Namespace, tokenizer: TextTokenizer | None = None) 
         requests = load_workload(Path(args.workload))
         name = Path(args.workload).stem
     else:
-        from tokenmill.model.default import default_model_path
-        from tokenmill.model.loader import load_tokenizer
-
         if tokenizer is None or args.tokenizer is not None:
             tokenizer = load_tokenizer(args.tokenizer or default_model_path())
         spec = WorkloadSpec(args.workload, max(_counts(args)), args.input_len, args.output_len, args.seed)
@@ -161,9 +161,6 @@ def _first_model(base_url: str, api_key: str | None) -> str:
 
 
 def cmd_bench_offline(args: argparse.Namespace) -> int:
-    from tokenmill.cli import build_llm, model_name
-    from tokenmill.sampling_params import SamplingParams
-
     llm = build_llm(args)
     workload, requests = _workload(args, llm.tokenizer)
     prompts = [llm.tokenizer.apply_chat_template(r.messages) for r in requests]
@@ -184,10 +181,10 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
 
 
 def _engine_speculation(llm) -> SpeculationCounts | None:
-    speculator = llm.engine.speculator
-    if speculator is None:
+    stats = llm.engine.stats()
+    if stats.speculative_method is None:
         return None
-    return SpeculationCounts(speculator.config.method, speculator.stats.num_proposed, speculator.stats.num_accepted)
+    return SpeculationCounts(stats.speculative_method, stats.spec_draft_tokens, stats.spec_accepted_tokens)
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:

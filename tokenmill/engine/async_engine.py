@@ -3,7 +3,8 @@
 The core runs in a child process (as vLLM's engine core does), so HTTP parsing, JSON and SSE
 never take the interpreter from the step loop. Messages cross in multiprocessing queues: a put
 never blocks the event loop (a feeder thread writes the pipe), and a reader thread hands what
-the core sends to the event loop.
+the core sends to the event loop. There the output processor turns the core's token ids into
+text deltas, and a stop string it finds aborts that sample in the core.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 from tokenmill.config import EngineConfig
-from tokenmill.engine.core import (
-    AbortRequest, AddRequest, CoreReady, EngineStats, RequestDelta, Shutdown, StepOutputs, run_engine_core,
-)  # fmt: skip
+from tokenmill.engine.core import AbortRequest, AddRequest, CoreReady, Shutdown, StepOutputs, run_engine_core
+from tokenmill.engine.output_processor import OutputProcessor, RequestDelta
+from tokenmill.engine.stats import EngineStats
+from tokenmill.model.tokenizer import Tokenizer
 from tokenmill.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -40,13 +42,15 @@ class RequestRejectedError(ValueError):
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig, on_step: Callable[[StepOutputs], None] | None = None) -> None:
+    def __init__(self, config: EngineConfig, tokenizer: Tokenizer,
+                 on_step: Callable[[StepOutputs], None] | None = None) -> None:
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or torch state
         self._inbox: mp.Queue = ctx.Queue()
         self._outbox: mp.Queue = ctx.Queue()
         self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._outbox),
                                     name="tokenmill-engine-core", daemon=True)
         self._streams: dict[str, asyncio.Queue[RequestDelta | Exception]] = {}
+        self._processor = OutputProcessor(tokenizer)
         self._on_step = on_step
         self._ids = itertools.count()
         self._stopping = False
@@ -91,9 +95,11 @@ class AsyncEngine:
         for rejected in out.rejected:
             if (stream := self._streams.get(rejected.request_id)) is not None:
                 stream.put_nowait(RequestRejectedError(rejected.param, rejected.message))
-        for delta in out.deltas:
+        for delta in self._processor.process(out.outputs):
             if (stream := self._streams.get(delta.request_id)) is not None:
                 stream.put_nowait(delta)
+        for request_id, indices in self._processor.take_aborts():
+            self._inbox.put(AbortRequest(request_id, tuple(indices)))
         if self._on_step is not None:
             self._on_step(out)
 
@@ -115,6 +121,7 @@ class AsyncEngine:
             raise EngineDeadError("the engine core is not running")
         stream: asyncio.Queue[RequestDelta | Exception] = asyncio.Queue()
         self._streams[request_id] = stream
+        self._processor.add_request(request_id, None, prompt_token_ids, params)
         self._inbox.put(AddRequest(request_id, prompt_token_ids, params, priority, cache_salt))
         finished = False
         try:
@@ -128,6 +135,7 @@ class AsyncEngine:
                 yield item
         finally:
             del self._streams[request_id]
+            self._processor.forget(request_id)
             if not finished and self._process.is_alive():
                 self._inbox.put(AbortRequest(request_id))
 

@@ -1,9 +1,9 @@
 """The engine core: LLMEngine's step loop in a process of its own, driven by messages.
 
 The serving front end sends requests and aborts in; the core sends back, after every step, what
-each touched request gained (only the new text, tokens and logprobs) and the engine's load. The
-loop blocks on its inbox while idle and drains it between steps while busy, so no step waits
-for the front end and the front end never waits for a step.
+each touched request gained (only the new token ids and logprobs: the front end makes the text)
+and the engine's load. The loop blocks on its inbox while idle and drains it between steps while
+busy, so no step waits for the front end and the front end never waits for a step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenmill.config import EngineConfig
-from tokenmill.outputs import Logprob, RequestMetrics, RequestOutput
+from tokenmill.engine.messages import EngineOutput
+from tokenmill.engine.stats import EngineStats
 from tokenmill.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class AddRequest:
 @dataclass(frozen=True)
 class AbortRequest:
     request_id: str
+    indices: tuple[int, ...] | None = None  # the samples to end (a stop string ended them); None: all
 
 
 @dataclass(frozen=True)
@@ -58,25 +60,6 @@ class CoreReady:
     max_model_len: int
 
 
-@dataclass
-class CompletionDelta:
-    index: int
-    text: str  # new text since the last delta
-    token_ids: list[int]
-    logprobs: list[dict[int, Logprob]] | None
-    finish_reason: str | None
-    stop_reason: int | str | None
-
-
-@dataclass
-class RequestDelta:
-    request_id: str
-    completions: list[CompletionDelta]
-    finished: bool
-    metrics: RequestMetrics
-    num_cached_tokens: int
-
-
 @dataclass(frozen=True)
 class RequestRejected:
     request_id: str
@@ -84,51 +67,14 @@ class RequestRejected:
     message: str
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float  # fraction of blocks in use
-    num_preemptions: int  # since start
-    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache, since start
-    prefix_cache_hits: int = 0  # of those, tokens found
-    speculative_method: str | None = None  # speculative decoding's proposer, if on
-    spec_draft_tokens: int = 0  # tokens it proposed, since start
-    spec_accepted_tokens: int = 0  # of those, tokens the model accepted
-
-
 @dataclass
 class StepOutputs:
-    deltas: list[RequestDelta]
+    outputs: list[EngineOutput]
     stats: EngineStats
     rejected: list[RequestRejected] = field(default_factory=list)
 
 
 # ---- the core ------------------------------------------------------------------------------------
-
-
-class DeltaTracker:
-    """Turns the engine's cumulative outputs into what is new since each request's last report."""
-
-    def __init__(self) -> None:
-        self._sent: dict[str, list[tuple[int, int]]] = {}  # request id -> per sample (chars, tokens)
-
-    def delta(self, out: RequestOutput) -> RequestDelta:
-        sent = self._sent.setdefault(out.request_id, [(0, 0)] * len(out.outputs))
-        completions = []
-        for c in out.outputs:
-            chars, tokens = sent[c.index]
-            completions.append(CompletionDelta(
-                c.index, c.text[chars:], c.token_ids[tokens:], c.logprobs[tokens:] if c.logprobs is not None else None,
-                c.finish_reason, c.stop_reason,
-            ))  # fmt: skip
-            sent[c.index] = (len(c.text), len(c.token_ids))
-        if out.finished:
-            del self._sent[out.request_id]
-        return RequestDelta(out.request_id, completions, out.finished, out.metrics, out.num_cached_tokens)
-
-    def forget(self, request_id: str) -> None:
-        self._sent.pop(request_id, None)
 
 
 def run_engine_core(
@@ -141,7 +87,6 @@ def run_engine_core(
     parent = os.getppid()
     engine = LLMEngine(config)
     outbox.put(CoreReady(engine.max_model_len))
-    tracker = DeltaTracker()
     while True:
         messages: list[AddRequest | AbortRequest | Shutdown] = []
         try:
@@ -153,18 +98,17 @@ def run_engine_core(
             pass
         if any(isinstance(m, Shutdown) for m in messages) or os.getppid() != parent:
             return  # asked to, or orphaned: the front end is gone
-        rejected = [r for m in messages if (r := _handle(engine, tracker, m)) is not None]
-        deltas = [tracker.delta(out) for out in engine.step()] if engine.has_unfinished_requests() else []
-        if deltas or messages:
-            outbox.put(StepOutputs(deltas, _stats(engine), rejected))
+        rejected = [r for m in messages if (r := _handle(engine, m)) is not None]
+        outputs = engine.step() if engine.has_unfinished_requests() else []
+        if outputs or messages:
+            outbox.put(StepOutputs(outputs, engine.stats(), rejected))
 
 
-def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | AbortRequest) -> RequestRejected | None:
+def _handle(engine: LLMEngine, message: AddRequest | AbortRequest) -> RequestRejected | None:
     from tokenmill.engine.engine import InvalidRequestError
 
     if isinstance(message, AbortRequest):
-        engine.abort_request(message.request_id)
-        tracker.forget(message.request_id)
+        engine.abort_request(message.request_id, message.indices)
         return None
     try:
         engine.add_request(message.prompt_token_ids, message.params, message.request_id, message.priority,
@@ -175,14 +119,3 @@ def _handle(engine: LLMEngine, tracker: DeltaTracker, message: AddRequest | Abor
         logger.exception("request %s refused", message.request_id)
         return RequestRejected(message.request_id, None, f"the engine could not take the request: {exc}")
     return None
-
-
-def _stats(engine: LLMEngine) -> EngineStats:
-    scheduler, cache, speculator = engine.scheduler, engine.block_manager.prefix_cache, engine.speculator
-    return EngineStats(
-        len(scheduler.running), len(scheduler.waiting), engine.block_manager.usage, scheduler.num_preemptions,
-        cache.num_queried_tokens if cache is not None else 0, cache.num_hit_tokens if cache is not None else 0,
-        speculator.config.method if speculator is not None else None,
-        speculator.stats.num_proposed if speculator is not None else 0,
-        speculator.stats.num_accepted if speculator is not None else 0,
-    )

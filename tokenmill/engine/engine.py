@@ -1,4 +1,5 @@
-"""LLMEngine: the step loop. request → scheduler → model runner → sampler → detokenizer → output."""
+"""LLMEngine: the engine core's step loop over token ids. scheduler → model runner → sampler;
+text (detokenization, stop strings) is the front end's (engine/output_processor.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ from collections.abc import Sequence as Seq
 import torch
 
 from tokenmill.config import EngineConfig
-from tokenmill.engine.detokenizer import IncrementalDetokenizer
-from tokenmill.engine.request import Request, append_token
-from tokenmill.engine.scheduler import Scheduler, SchedulerOutput, shared_prefix_len
+from tokenmill.engine.messages import EngineOutput, RunnerOutput, SampleOutput, SchedulerOutput
+from tokenmill.engine.request import Request
+from tokenmill.engine.scheduler import Scheduler, shared_prefix_len
 from tokenmill.engine.sequence import Sequence
-from tokenmill.kv.block_manager import BlockManager
-from tokenmill.kv.prefix_cache import PrefixCache
+from tokenmill.engine.stats import EngineStats
+from tokenmill.engine.stop import check_stop
+from tokenmill.kv.kv_manager import KVCacheManager
 from tokenmill.model.loader import load_model
-from tokenmill.outputs import RequestOutput
-from tokenmill.runner.model_runner import ModelRunner, RunnerOutput
+from tokenmill.runner.model_runner import ModelRunner
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.speculative.speculator import Speculator, make_proposer
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +38,25 @@ class LLMEngine:
         loaded = load_model(config.model)
         self.tokenizer = loaded.tokenizer
         self.arch = loaded.arch
+        self.runner = ModelRunner(loaded, config.model, config.cache)
+        self.kv_manager = KVCacheManager(self.runner.num_blocks, config.cache.block_size,
+                                         config.cache.enable_prefix_caching)
+        self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
+        self.scheduler = Scheduler(config.scheduler, self.kv_manager)
         spec = config.speculative
-        self.runner = ModelRunner(loaded, config.model, config.cache,
-                                  keep_hidden=spec is not None and spec.uses_heads)
-        prefix_cache = PrefixCache() if config.cache.enable_prefix_caching else None
-        self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size, prefix_cache)
-        self.max_model_len = self._max_model_len(config.model.max_model_len)
-        self.scheduler = Scheduler(config.scheduler, self.block_manager)
-        self.speculator = None if spec is None else Speculator(
-            spec, self.max_model_len, make_proposer(spec, self.runner, self.block_manager, config.model))
-        self.device = config.model.device
+        if spec is not None:
+            self.runner.enable_speculation(spec, self.max_model_len)
+        self.speculative_method = None if spec is None else spec.method
+        self._num_draft_tokens = self._num_accepted_tokens = 0
         self.requests: dict[str, Request] = {}
+        self._seqs: dict[int, Sequence] = {}
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
 
-    def _max_model_len(self, requested: int | None) -> int:
-        """The context limit: the model's, capped so that one sequence always fits in the pool."""
-        kv_tokens = self.block_manager.num_blocks * self.block_manager.block_size
+    def _max_model_len(self, requested: int | None, lookahead: int) -> int:
+        """The context limit: the model's, capped so that one sequence (and the slots its draft
+        writes ahead) always fits in the pool."""
+        kv_tokens = self.kv_manager.num_blocks * self.kv_manager.block_size - lookahead
         model_limit = self.arch.max_position_embeddings
         if requested is not None and requested > min(model_limit, kv_tokens):
             where = "the model's context length" if requested > model_limit else "the KV cache's capacity"
@@ -66,128 +68,161 @@ class LLMEngine:
     # ---- requests in -------------------------------------------------------------------------
 
     def add_request(
-        self, prompt: str | Seq[int], params: SamplingParams, request_id: str | None = None, priority: int = 0,
-        cache_salt: str | None = None,
+        self, prompt_token_ids: Seq[int], params: SamplingParams, request_id: str | None = None, priority: int = 0,
+        cache_salt: str | None = None, returns_prompt_rows: bool = False,
     ) -> str:
+        """returns_prompt_rows: the finished output carries the prompt's next-token log-probabilities
+        and final hidden states (computed in full: no prefix-cache hits)."""
         request_id = request_id if request_id is not None else str(next(self._request_ids))
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"request id {request_id!r} is already in use")
-        text, token_ids = self._tokenize(prompt)
-        self._check_length(len(token_ids))
-        seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt)
-        detoks = [
-            IncrementalDetokenizer(self.tokenizer, token_ids, params.stop_strings, params.include_stop_str_in_output,
-                                   params.skip_special_tokens)
-            for _ in seqs
-        ]
-        self.requests[request_id] = Request(request_id, text, token_ids, params, seqs, detoks)
+        if returns_prompt_rows and params.n > 1:
+            raise InvalidRequestError("n", "a request for prompt rows has one sample (n = 1)")
+        token_ids = self._checked(prompt_token_ids, returns_prompt_rows)
+        seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt, returns_prompt_rows)
+        self.requests[request_id] = Request(request_id, token_ids, params, seqs)
         for seq in seqs:
+            self._seqs[seq.seq_id] = seq
             self.scheduler.add(seq)
         return request_id
 
-    def _tokenize(self, prompt: str | Seq[int]) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequestError("prompt", "prompt is empty")
-            return prompt, self.tokenizer.encode(prompt)
-        token_ids = [int(t) for t in prompt]
+    def _checked(self, prompt_token_ids: Seq[int], fills_context: bool = False) -> list[int]:
+        """fills_context: the prompt may take the whole context (scoring writes no KV past it)."""
+        token_ids = [int(t) for t in prompt_token_ids]
         if not token_ids:
             raise InvalidRequestError("prompt", "prompt is empty")
         bad = [t for t in token_ids if not 0 <= t < self.arch.vocab_size]
         if bad:
-            raise InvalidRequestError("prompt", f"token id {bad[0]} is outside the vocabulary (0..{self.arch.vocab_size - 1})")
-        return None, token_ids
-
-    def _check_length(self, num_tokens: int) -> None:
-        if num_tokens >= self.max_model_len:
-            raise InvalidRequestError(
-                "prompt",
-                f"prompt has {num_tokens} tokens; the context holds {self.max_model_len}, "
-                f"leaving no room to generate",
-            )
+            raise InvalidRequestError("prompt", f"token id {bad[0]} is outside the vocabulary "
+                                                f"(0..{self.arch.vocab_size - 1})")
+        if len(token_ids) > self.max_model_len - (0 if fills_context else 1):
+            raise InvalidRequestError("prompt", f"prompt has {len(token_ids)} tokens; the context holds "
+                                                f"{self.max_model_len}, leaving no room to generate")
+        return token_ids
 
     def _make_sequences(
-        self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int, cache_salt: str | None
+        self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int, cache_salt: str | None,
+        returns_prompt_rows: bool,
     ) -> list[Sequence]:
         seqs: list[Sequence] = []
-        shares_prefix = shared_prefix_len(len(token_ids), self.block_manager.block_size) > 0
+        shares_prefix = shared_prefix_len(len(token_ids), self.kv_manager.block_size) > 0
         for index in range(params.n):
-            generator = None
-            if params.seed is not None:
-                seed = (params.seed + index * 1_000_003) % 2**63  # any integer the API takes
-                generator = torch.Generator(self.device).manual_seed(seed)
+            # Each sample its own stream, from any integer the API takes.
+            seed = None if params.seed is None else (params.seed + index * 1_000_003) % 2**63
             source = seqs[0] if index > 0 and shares_prefix else None
-            seqs.append(Sequence(next(self._seq_ids), request_id, index, token_ids, params, priority, generator, source,
-                                 cache_salt))
+            seqs.append(Sequence(next(self._seq_ids), request_id, index, token_ids, params, priority, seed, source,
+                                 cache_salt, returns_prompt_rows))
         return seqs
 
-    def abort_request(self, request_id: str) -> None:
-        request = self.requests.pop(request_id, None)
+    def abort_request(self, request_id: str, indices: Seq[int] | None = None) -> None:
+        """Ends the request's samples (the given ones, or all) and frees their blocks."""
+        request = self.requests.get(request_id)
         if request is None:
             return
         for seq in request.seqs:
-            if not seq.is_finished:
+            if not seq.is_finished and (indices is None or seq.index in indices):
                 self.scheduler.finish(seq, "abort")
+        if request.finished:
+            self._forget(request)
+
+    def _forget(self, request: Request) -> None:
+        del self.requests[request.request_id]
+        for seq in request.seqs:
+            del self._seqs[seq.seq_id]
 
     # ---- the step ----------------------------------------------------------------------------
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
-    def step(self) -> list[RequestOutput]:
-        """Runs one batched forward pass; returns the requests that gained tokens or finished."""
-        if self.speculator is not None:
-            self.speculator.propose(self.scheduler.running)
+    def step(self) -> list[EngineOutput]:
+        """Runs one batched forward pass; returns what each request gained, if anything."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
         self._mark_scheduled(sched)
         result = self.runner.execute(sched)
-        self.scheduler.update(sched, self._num_rejected(sched, result))
+        self.scheduler.update(result)
+        self._num_draft_tokens += result.spec_counts.num_draft_tokens
+        self._num_accepted_tokens += result.spec_counts.num_accepted_tokens
+        self._keep_prompt_rows(result)
         return self._process(result)
-
-    def _num_rejected(self, sched: SchedulerOutput, result: RunnerOutput) -> list[int]:
-        """Per scheduled sequence, the proposals the model did not accept (their KV is rolled back)."""
-        produced = {seq.seq_id: len(tokens) for seq, tokens in zip(result.seqs, result.token_ids)}
-        rejected = []
-        for seq in sched.seqs:
-            proposed = len(seq.spec_token_ids)
-            accepted = produced[seq.seq_id] - 1 if proposed else 0
-            if proposed and self.speculator is not None:
-                self.speculator.record(seq, proposed, accepted)
-            rejected.append(proposed - accepted)
-        return rejected
 
     def _mark_scheduled(self, sched: SchedulerOutput) -> None:
         now = time.monotonic()
-        for seq in sched.seqs:
-            metrics = self.requests[seq.request_id].metrics
+        for seq_id in sched.num_scheduled_tokens:
+            metrics = self.requests[self._seqs[seq_id].request_id].metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
-        for seq in sched.preempted:
-            self.requests[seq.request_id].metrics.num_preemptions += 1
+        for seq_id in sched.preempted_seq_ids:
+            request = self.requests[self._seqs[seq_id].request_id]
+            request.metrics.num_preemptions += 1
+            request.prompt_logprob_chunks.clear()  # its prompt is computed again from the start
+            request.hidden_chunks.clear()
 
-    def _process(self, result: RunnerOutput) -> list[RequestOutput]:
+    def _keep_prompt_rows(self, result: RunnerOutput) -> None:
+        for seq_id, logprobs in result.prompt_logprobs.items():
+            request = self.requests[self._seqs[seq_id].request_id]
+            request.prompt_logprob_chunks.append(logprobs)
+            request.hidden_chunks.append(result.hidden_states[seq_id])
+
+    def _process(self, result: RunnerOutput) -> list[EngineOutput]:
         now = time.monotonic()
-        touched: dict[str, Request] = {}
-        for i, (seq, token_ids, logprobs) in enumerate(zip(result.seqs, result.token_ids, result.logprobs)):
-            if result.hidden is not None:
-                seq.hidden = result.hidden[i]
-            request = self.requests[seq.request_id]
-            detok = request.detokenizers[seq.index]
-            for token_id in token_ids:  # several when proposals were accepted: up to the first that ends it
-                finish = append_token(seq, detok, token_id, logprobs, self.tokenizer, self.tokenizer.eos_token_id,
-                                      self.max_model_len)
-                if finish is not None:
-                    self.scheduler.finish(seq, *finish)
-                    break
+        touched: dict[str, list[SampleOutput]] = {}
+        for seq_id, token_ids in result.sampled_token_ids.items():
+            seq = self._seqs[seq_id]
+            touched.setdefault(seq.request_id, []).append(self._append(seq, token_ids, result.logprobs.get(seq_id)))
+        outputs = []
+        for request_id, samples in touched.items():
+            request = self.requests[request_id]
             if request.metrics.first_token_time is None:
                 request.metrics.first_token_time = now
-            touched[request.request_id] = request
-        outputs = []
-        for request in touched.values():
             if request.finished:
                 request.metrics.finished_time = now
-                del self.requests[request.request_id]
-            outputs.append(request.output())
+                self._forget(request)
+            outputs.append(request.output(samples))
         return outputs
+
+    def _append(self, seq: Sequence, token_ids: list[int], logprobs: dict | None) -> SampleOutput:
+        """Adds the step's tokens to seq, up to the first that ends it (several when proposals were accepted)."""
+        added: list[int] = []
+        for token_id in token_ids:
+            seq.append_token(token_id)
+            added.append(token_id)
+            finish = check_stop(seq, token_id, self.tokenizer.eos_token_id, self.max_model_len)
+            if finish is not None:
+                self.scheduler.finish(seq, *finish)
+                break
+        new_logprobs = None if seq.params.logprobs is None else [logprobs] if logprobs is not None else []
+        return SampleOutput(seq.index, added, new_logprobs, seq.finish_reason, seq.stop_reason)
+
+    # ---- for tools ---------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        scheduler, kv, cache = self.scheduler, self.kv_manager, self.kv_manager.prefix_cache
+        return EngineStats(
+            num_running=len(scheduler.running), num_waiting=len(scheduler.waiting), kv_cache_usage=kv.usage,
+            num_preemptions=scheduler.num_preemptions,
+            prefix_cache_queries=cache.num_queried_tokens if cache is not None else 0,
+            prefix_cache_hits=cache.num_hit_tokens if cache is not None else 0,
+            speculative_method=self.speculative_method, spec_draft_tokens=self._num_draft_tokens,
+            spec_accepted_tokens=self._num_accepted_tokens, num_blocks=kv.num_blocks,
+            num_free_blocks=kv.num_free_blocks,
+        )
+
+    @torch.inference_mode()
+    def score_prompt(self, token_ids: Seq[int]) -> EngineOutput:
+        """Runs token_ids as a prompt alone and returns its prompt_logprobs and hidden_states
+        (evaluation, draft-head training). The engine must have no other request in flight."""
+        if self.requests:
+            raise RuntimeError("score_prompt runs on an idle engine; requests are in flight")
+        request_id = self.add_request(token_ids, SamplingParams(max_tokens=1, ignore_eos=True),
+                                      returns_prompt_rows=True)
+        try:
+            while True:
+                for out in self.step():
+                    if out.request_id == request_id and out.finished:
+                        return out
+        except BaseException:  # an interrupt, or an error in a step: give its blocks back
+            self.abort_request(request_id)
+            raise

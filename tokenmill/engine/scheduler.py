@@ -2,47 +2,34 @@
 
 One rule, as in vLLM v1: each step spends a token budget so that every sequence's computed
 tokens catch up with its known tokens. A decode is a sequence one token behind; a prefill is
-one many tokens behind and may take several steps (chunks). Running sequences go first, in
-priority order; waiting ones are admitted while blocks, seats and budget last. When blocks run
-out, the lowest-priority, newest running sequence is preempted: its blocks are freed and it
-is recomputed later from its tokens. With a prefix cache, a sequence being admitted first takes
-the cached blocks of its longest cached prefix, and every block a step fills is named in the
-cache, so that a preempted sequence, a later turn or another request can take it back.
+one many tokens behind and may take several steps (chunks); a decode with proposed tokens takes
+them too, whole or not at all. Running sequences go first, in priority order; waiting ones are
+admitted while blocks, seats and budget last. When blocks run out, the lowest-priority, newest
+running sequence is preempted: its blocks are freed and it is recomputed later from its tokens.
+A sequence being admitted first takes its longest cached prefix from the KV manager, which also
+names every block a step fills, so that a preempted sequence, a later turn or another request
+can take it back. Each step leaves as a SchedulerOutput of ids and diffs (engine/messages.py).
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
 
 from tokenmill.config import SchedulerConfig
+from tokenmill.engine.messages import CachedSequence, NewSequence, RunnerOutput, SchedulerOutput
 from tokenmill.engine.sequence import Sequence, SequenceStatus
-from tokenmill.kv.block_manager import BlockManager
-from tokenmill.kv.prefix_cache import PrefixCache, chain_hashes
-
-
-@dataclass
-class SchedulerOutput:
-    seqs: list[Sequence] = field(default_factory=list)
-    num_new_tokens: list[int] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.seqs
-
-    def add(self, seq: Sequence, num_tokens: int) -> None:
-        self.seqs.append(seq)
-        self.num_new_tokens.append(num_tokens)
+from tokenmill.kv.kv_manager import KVCacheManager
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
-        self.block_manager = block_manager
+        self.kv = kv
         self.waiting: list[Sequence] = []  # sorted by schedule_key
         self.running: list[Sequence] = []  # sorted by schedule_key
         self.num_preemptions = 0
+        self._finished_ids: list[int] = []  # ended since the last step, for the runner to forget
+        self._scheduled: list[tuple[Sequence, int]] = []  # the last step's sequences and token counts
 
     @property
     def has_unfinished(self) -> bool:
@@ -52,14 +39,16 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         bisect.insort(self.waiting, seq, key=lambda s: s.schedule_key)
 
-    def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
-        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        if not out.preempted:
-            self._schedule_waiting(out, budget)
-        return out
+    # ---- one step ---------------------------------------------------------------------------
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def schedule(self) -> SchedulerOutput:
+        self._scheduled, preempted = [], []
+        budget = self._schedule_running(self.config.max_num_batched_tokens, preempted)
+        if not preempted:
+            self._schedule_waiting(budget)
+        return self._output(preempted)
+
+    def _schedule_running(self, budget: int, preempted: list[Sequence]) -> int:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -68,25 +57,32 @@ class Scheduler:
                 num_tokens += len(seq.spec_token_ids)
             else:
                 seq.spec_token_ids = []
-            if not self._make_room(seq, num_tokens, out):
+            if not self._make_room(seq, num_tokens, preempted):
                 break  # seq itself was preempted: everything after it already was
-            self.block_manager.allocate(seq.block_table, seq.num_computed_tokens + num_tokens)
-            out.add(seq, num_tokens)
+            self._allocate(seq, num_tokens)
+            self._scheduled.append((seq, num_tokens))
             budget -= num_tokens
             i += 1
         return budget
 
-    def _make_room(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
+    def _make_room(self, seq: Sequence, num_tokens: int, preempted: list[Sequence]) -> bool:
         """Preempts from the back of the running list until seq's new tokens fit; False if seq went."""
-        while not self.block_manager.can_allocate(seq.block_table, seq.num_computed_tokens + num_tokens):
+        while not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
             victim = self.running[-1]
             self._preempt(victim)
-            out.preempted.append(victim)
+            preempted.append(victim)
             if victim is seq:
                 return False
         return True
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+    def _tokens_to_hold(self, seq: Sequence, num_tokens: int) -> int:
+        """The step's tokens, and room for proposers that write KV ahead (a draft model's guesses)."""
+        return seq.num_computed_tokens + num_tokens + self.config.num_lookahead_tokens
+
+    def _allocate(self, seq: Sequence, num_tokens: int) -> None:
+        self.kv.allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens))
+
+    def _schedule_waiting(self, budget: int) -> None:
         for seq in list(self.waiting):
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 return
@@ -94,85 +90,87 @@ class Scheduler:
                 continue  # its prompt's computing sample is not far enough yet
             self._take_cached_prefix(seq)
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self.block_manager.can_allocate(seq.block_table, seq.num_computed_tokens + num_tokens):
+            if not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
                 self._release_prefix(seq)
                 return
-            self.block_manager.allocate(seq.block_table, seq.num_computed_tokens + num_tokens)
+            self._allocate(seq, num_tokens)
             self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
-            out.add(seq, num_tokens)
+            self._scheduled.append((seq, num_tokens))
             budget -= num_tokens
 
     def _take_shared_prefix(self, seq: Sequence) -> bool:
         """For sample k > 0 of an n > 1 request: reuse the full prompt blocks of sample 0."""
         source = seq.prefix_source
-        if source is None or seq.block_table:
+        if source is None or self.kv.block_table(seq.seq_id):
             return True
         if source.is_finished:  # aborted before it computed the prompt: compute it ourselves
             seq.prefix_source = None
             return True
-        shared = shared_prefix_len(seq.num_prompt_tokens, self.block_manager.block_size)
+        shared = shared_prefix_len(seq.num_prompt_tokens, self.kv.block_size)
         if source.status is not SequenceStatus.RUNNING or source.num_computed_tokens < shared:
             return False
-        seq.block_table = self.block_manager.share(source.block_table[: shared // self.block_manager.block_size])
+        self.kv.fork(source.seq_id, seq.seq_id, shared // self.kv.block_size)
         seq.num_computed_tokens = shared
-        seq.num_cached_blocks = len(seq.block_table)  # the source names them in the cache
         return True
 
     def _take_cached_prefix(self, seq: Sequence) -> None:
-        """Reuses the blocks of the longest cached prefix of seq's tokens, always leaving one token
-        to compute (its logits are needed)."""
-        cache = self.block_manager.prefix_cache
-        if cache is None or seq.block_table:
+        if seq.returns_prompt_rows or self.kv.block_table(seq.seq_id):
             return
-        block_size = self.block_manager.block_size
-        num_blocks = (seq.num_tokens - 1) // block_size  # full blocks, short of the last token
-        chain_hashes(seq.token_ids, block_size, num_blocks, seq.block_hashes, seq.cache_salt)
-        blocks = cache.lookup(seq.block_hashes[:num_blocks])
-        seq.block_table = self.block_manager.share(blocks)
-        seq.num_cached_blocks = len(blocks)
-        seq.num_computed_tokens = len(blocks) * block_size
+        seq.num_computed_tokens = self.kv.computed_blocks(seq)
         if seq.num_cached_tokens is None:  # first admission: what the response reports
             seq.num_cached_tokens = min(seq.num_computed_tokens, seq.num_prompt_tokens)
-            cache.record_query(seq.num_prompt_tokens, seq.num_cached_tokens)
+            self.kv.record_query(seq.num_prompt_tokens, seq.num_cached_tokens)
 
     def _release_prefix(self, seq: Sequence) -> None:
         """Gives back blocks taken for seq (shared or cached) when it cannot be admitted after all."""
-        if seq.block_table:
-            self.block_manager.free(seq.block_table)
-            seq.num_computed_tokens = seq.num_cached_blocks = 0
+        self.kv.free(seq.seq_id, keep_hashes=True)
+        seq.num_computed_tokens = 0
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         seq.spec_token_ids = []
-        self.block_manager.free(seq.block_table)
-        seq.num_computed_tokens = seq.num_cached_blocks = 0
+        self.kv.free(seq.seq_id, keep_hashes=True)
+        seq.num_computed_tokens = seq.num_tokens_sent = 0
         self.num_preemptions += 1
         self.add(seq)
 
-    def update(self, out: SchedulerOutput, num_rejected: list[int] | None = None) -> None:
-        """Records the tokens the step computed, less the speculative ones the model rejected (their
-        KV rolled back, the blocks that held only them freed); names full blocks in the prefix cache."""
-        cache = self.block_manager.prefix_cache
-        for seq, num_tokens, rejected in zip(out.seqs, out.num_new_tokens, num_rejected or [0] * len(out.seqs)):
-            seq.num_computed_tokens += num_tokens - rejected
-            # Frees the blocks of rejected proposals, and any a proposer reserved for a step that
-            # then left its proposals out.
-            self.block_manager.trim(seq.block_table, seq.num_computed_tokens)
-            seq.spec_token_ids = []
-            if cache is not None:
-                self._cache_full_blocks(seq, cache)
+    def _output(self, preempted: list[Sequence]) -> SchedulerOutput:
+        out = SchedulerOutput(preempted_seq_ids=[s.seq_id for s in preempted])
+        if self._scheduled:  # an empty step reaches no runner: the ids wait for the next one
+            out.finished_seq_ids.extend(self._finished_ids)
+            self._finished_ids = []
+        for seq, num_tokens in self._scheduled:
+            out.num_scheduled_tokens[seq.seq_id] = num_tokens
+            if seq.spec_token_ids:
+                out.spec_token_ids[seq.seq_id] = list(seq.spec_token_ids)
+            start, new_blocks = self.kv.take_changes(seq.seq_id)
+            if seq.num_tokens_sent == 0:
+                out.new_seqs.append(NewSequence(
+                    seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, seed=seq.seed,
+                    block_ids=new_blocks, num_computed_tokens=seq.num_computed_tokens,
+                    returns_prompt_rows=seq.returns_prompt_rows,
+                ))  # fmt: skip
+            else:
+                out.cached_seqs.append(CachedSequence(seq.seq_id, seq.token_ids[seq.num_tokens_sent :], start,
+                                                      new_blocks, seq.num_computed_tokens))
+            seq.num_tokens_sent = seq.num_tokens
+        return out
 
-    def _cache_full_blocks(self, seq: Sequence, cache: PrefixCache) -> None:
-        # Accepted proposals are computed but join token_ids only after this: name those blocks later.
-        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_manager.block_size
-        if num_full <= seq.num_cached_blocks:
-            return
-        chain_hashes(seq.token_ids, self.block_manager.block_size, num_full, seq.block_hashes, seq.cache_salt)
-        for i in range(seq.num_cached_blocks, num_full):
-            cache.insert(seq.block_table[i], seq.block_hashes[i])
-        seq.num_cached_blocks = num_full
+    # ---- after the step ---------------------------------------------------------------------
+
+    def update(self, result: RunnerOutput) -> None:
+        """Records the tokens the last step computed, less the proposals the model rejected (their
+        KV rolled back, blocks that held only them freed); names full blocks in the prefix cache;
+        keeps the runner's proposals for the next step. The sampled tokens join later (append)."""
+        for seq, num_tokens in self._scheduled:
+            proposed = len(seq.spec_token_ids) if seq.seq_id in result.sampled_token_ids else 0
+            rejected = proposed - (len(result.sampled_token_ids[seq.seq_id]) - 1) if proposed else 0
+            seq.num_computed_tokens += num_tokens - rejected
+            self.kv.trim(seq.seq_id, seq.num_computed_tokens + self.config.num_lookahead_tokens)
+            self.kv.cache_full_blocks(seq, seq.num_computed_tokens)
+            seq.spec_token_ids = result.spec_token_ids.get(seq.seq_id, [])
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         """Ends a sequence and frees its blocks at once."""
@@ -180,9 +178,11 @@ class Scheduler:
             self.running.remove(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
-        self.block_manager.free(seq.block_table)
+        self.kv.free(seq.seq_id)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason, seq.stop_reason = reason, stop_reason
+        seq.spec_token_ids = []
+        self._finished_ids.append(seq.seq_id)
 
 
 def shared_prefix_len(num_prompt_tokens: int, block_size: int) -> int:

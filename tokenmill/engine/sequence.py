@@ -1,4 +1,5 @@
-"""Sequence: one sample of one request, as the scheduler and the model runner see it."""
+"""Sequence: one sample of one request, as the scheduler sees it. Pure Python, no device objects:
+the model runner keeps its own copy of what it needs (runner/input_batch.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
-import torch
-
-from tokenmill.outputs import Logprob
+from tokenmill.kv.block_hash import ExtraKeys
 from tokenmill.sampling_params import SamplingParams
 
 
@@ -29,28 +28,22 @@ class Sequence:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = 0  # lower runs first, as in vLLM
-    generator: torch.Generator | None = None  # set when the request has a seed
+    seed: int | None = None  # this sample's own seed, when the request has one
     # n > 1: the sample that computes the shared prompt; this one reuses its full blocks.
     prefix_source: Sequence | None = None
     cache_salt: str | None = None  # prefix caching: requests with different salts share no blocks
+    # The runner returns every prompt position's rows (prompt logprobs, hidden states): no prefix
+    # cache hits, since cached positions are not computed.
+    returns_prompt_rows: bool = False
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
-    block_table: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
-    logprobs: list[dict[int, Logprob]] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     arrival_order: int = field(init=False, default_factory=lambda: next(_arrival_counter))
-    # Prefix caching: the hash chain of the full blocks seen so far, how many of the table's blocks
-    # are named in the cache, and how many prompt tokens the cache supplied at first admission.
-    block_hashes: list[int] = field(default_factory=list)
-    num_cached_blocks: int = 0
-    num_cached_tokens: int | None = None
-    # Speculative decoding: tokens proposed for the next step, verified (and cleared) by it.
-    spec_token_ids: list[int] = field(default_factory=list)
-    spec_acceptance: float = 1.0  # its recent acceptance rate, which sets how many it is proposed
-    hidden: torch.Tensor | None = None  # draft heads: the final hidden state that gave the last token
-    num_draft_computed: int = 0  # a separate draft model: the tokens whose KV it has in its own pool
+    num_cached_tokens: int | None = None  # prompt tokens the prefix cache supplied at first admission
+    spec_token_ids: list[int] = field(default_factory=list)  # proposals for the next step
+    num_tokens_sent: int = 0  # tokens the model runner's copy holds (0: it holds none)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -64,12 +57,13 @@ class Sequence:
         return len(self.token_ids)
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
-
-    @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def extra_keys(self) -> ExtraKeys:
+        """What, beside its tokens, names this sequence's KV blocks in the prefix cache."""
+        return () if self.cache_salt is None else (self.cache_salt,)
 
     @property
     def schedule_key(self) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress
@@ -15,10 +16,12 @@ from rich.table import Table
 
 from tokenmill.bench.workloads import CORPUS_PATH
 from tokenmill.config import ATTENTION_BACKENDS, ModelConfig
-from tokenmill.engine.engine import LLMEngine
+from tokenmill.engine_args import model_name
 from tokenmill.eval.precisions import PRECISIONS, REFERENCE, parse_precisions
-from tokenmill.eval.quality import QualityResult, evaluate, text_windows
-from tokenmill.llm import LLM
+
+if TYPE_CHECKING:
+    from tokenmill.engine.engine import LLMEngine
+    from tokenmill.eval.quality import QualityResult
 
 console = Console()
 
@@ -53,13 +56,15 @@ def _precisions(text: str) -> list[str]:
 
 
 def build_engine(args: argparse.Namespace, precision: str) -> LLMEngine:
+    from tokenmill.llm import LLM  # here, not above: it loads torch and the engine
+
     return LLM(args.model, device=args.device, attention_backend=args.attention_backend,
                kv_cache_memory=args.kv_cache_memory, quantization_group_size=args.quantization_group_size,
                **PRECISIONS[precision]).engine
 
 
 def cmd_eval_quality(args: argparse.Namespace) -> int:
-    from tokenmill.cli import model_name
+    from tokenmill.eval.quality import evaluate, text_windows  # here, not above: it loads torch
 
     reference = build_engine(args, REFERENCE)
     engines = {name: reference if name == REFERENCE else build_engine(args, name) for name in args.precisions}

@@ -9,6 +9,10 @@ while it waits in the free queue; a request that needs that content takes it bac
 blocks come from the front of the queue, the least recently freed, and that is when a cached
 block's content is evicted. Tables are freed tail first, so a prefix's leaves go before their
 parents.
+
+One more id, `null_block` (num_blocks), is never handed out or freed: it stands in a table for a
+block given back from its middle (a hole, behind a sliding window), so the positions after it keep
+their places. A KV pool whose tables may have holes holds num_blocks + 1 blocks for it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class BlockManager:
         self.ref_counts = [0] * num_blocks
         self.prefix_cache = prefix_cache
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # front: reused first
+
+    @property
+    def null_block(self) -> int:
+        return self.num_blocks
 
     @property
     def num_free_blocks(self) -> int:
@@ -59,6 +67,8 @@ class BlockManager:
         """A new table referencing the same blocks: a forked sequence's prefix, or cached blocks
         (which may sit in the free queue, unreferenced, until taken)."""
         for block_id in block_ids:
+            if block_id == self.null_block:
+                continue
             if self.ref_counts[block_id] == 0:
                 del self._free[block_id]
             self.ref_counts[block_id] += 1
@@ -67,6 +77,8 @@ class BlockManager:
     def free(self, block_table: list[int]) -> None:
         """Drops the table's references, tail first; blocks no one references join the free queue."""
         for block_id in reversed(block_table):
+            if block_id == self.null_block:
+                continue
             self.ref_counts[block_id] -= 1
             if self.ref_counts[block_id] == 0:
                 self._free[block_id] = None

@@ -1,41 +1,34 @@
 """Automatic prefix caching: full KV blocks named by their content and everything before them.
 
-A block's hash chains its parent's hash with its own token ids (vLLM's scheme), so equal hashes
-mean equal token prefixes up to and including the block, at the same positions: the KV is the
+A block's hash chains its parent's hash with its own token ids (vLLM's scheme; kv/block_hash.py),
+so equal hashes mean equal token prefixes up to and including the block, at the same positions: the KV is the
 same. A chain rather than a radix tree because the block manager already works in whole blocks
 and reference counts; a dict from hash to block id gives the longest cached prefix in one lookup
-per block, and sharing a block between running requests is just another reference. The root of
-the chain carries a salt, so clients that ask to keep their caches apart never share a block.
+per block, and sharing a block between running requests is just another reference. Every block's
+hash also covers the request's extra keys (its cache salt), so clients that ask to keep their
+caches apart never share a block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-
-def chain_hashes(
-    token_ids: Sequence[int], block_size: int, num_blocks: int, hashes: list[int], salt: str | None
-) -> None:
-    """Extends `hashes` (the chain so far) to the first num_blocks full blocks of token_ids."""
-    parent = hashes[-1] if hashes else hash(("tokenmill-prefix", salt))
-    for i in range(len(hashes), num_blocks):
-        parent = hash((parent, tuple(token_ids[i * block_size : (i + 1) * block_size])))
-        hashes.append(parent)
+from tokenmill.kv.block_hash import BlockHash
 
 
 class PrefixCache:
     """Which block holds which full-block hash. Eviction order is the block manager's free queue."""
 
     def __init__(self) -> None:
-        self._block_of: dict[int, int] = {}  # hash -> block id
-        self._hash_of: dict[int, int] = {}  # block id -> hash
+        self._block_of: dict[BlockHash, int] = {}  # hash -> block id
+        self._hash_of: dict[int, BlockHash] = {}  # block id -> hash
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
 
     def __len__(self) -> int:
         return len(self._block_of)
 
-    def lookup(self, hashes: Sequence[int]) -> list[int]:
+    def lookup(self, hashes: Sequence[BlockHash]) -> list[int]:
         """The blocks of the longest cached prefix of the chain."""
         blocks = []
         for h in hashes:
@@ -45,7 +38,7 @@ class PrefixCache:
             blocks.append(block_id)
         return blocks
 
-    def insert(self, block_id: int, block_hash: int) -> None:
+    def insert(self, block_id: int, block_hash: BlockHash) -> None:
         """Names a block by the hash of its (now computed) content; a hash already cached keeps its block."""
         if block_hash not in self._block_of and block_id not in self._hash_of:
             self._block_of[block_hash] = block_id

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from tokenmill.quant.gguf_formats import is_supported, read_quantized
-from tokenmill.quant.tensor import QuantizedTensor
+if TYPE_CHECKING:
+    import torch
+
+    from tokenmill.quant.tensor import QuantizedTensor
 
 _PLAIN_TYPES = (0, 1)  # GGMLQuantizationType F32 and F16: numpy reads them directly
 
@@ -34,6 +35,9 @@ class GGUFFile:
         """Yields (gguf tensor name, tensor) in the file's order: float32, dequantized on the fly, or
         with keep_quantized, a QuantizedTensor for each matrix in a format the kernel runs."""
         import gguf
+        import torch  # here, not above: reading the metadata (a tokenizer) needs no torch
+
+        from tokenmill.quant.gguf_formats import is_supported, read_quantized
 
         for tensor in self._reader.tensors:
             data = np.asarray(tensor.data)

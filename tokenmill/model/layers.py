@@ -2,11 +2,15 @@
 
 Each has a plain PyTorch forward; where the model runner binds `fused` (the C kernels, for
 float32 on the CPU), the same computation runs as one fused call instead.
+
+A parameter may carry a `weight_loader(param, loaded[, shard_id])` that puts a checkpoint tensor
+in place (a merged layer's shard into its rows); the others load with `default_weight_loader`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +19,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from tokenmill.kernels.fused_ops import FusedOps
+    from tokenmill.quant.tensor import QuantizedTensor
 
 
 FEW_ROWS = range(3, 17)  # where the C kernel beats BLAS (one or two rows: BLAS's vector product)
@@ -32,6 +37,48 @@ class Linear(nn.Linear):
             if y is not None:
                 return y
         return super().forward(x)
+
+
+class MergedLinear(Linear):
+    """A Linear whose output rows stack several checkpoint matrices (q | k | v, gate | up), so one
+    product computes them all; its weight and bias load each matrix, by shard id, into its rows."""
+
+    def __init__(
+        self, in_features: int, output_sizes: Sequence[int], shard_ids: Sequence[str], bias: bool = False
+    ) -> None:
+        if len(output_sizes) != len(shard_ids):
+            raise ValueError(f"{len(shard_ids)} shard ids for {len(output_sizes)} output sizes")
+        super().__init__(in_features, sum(output_sizes), bias=bias)
+        self.output_sizes, self.shard_ids = tuple(output_sizes), tuple(shard_ids)
+        for param in self.parameters(recurse=False):
+            param.weight_loader = self.weight_loader
+
+    def shard_rows(self, shard_id: str) -> tuple[int, int]:
+        """(first row, number of rows) of a shard: the one place tensor parallelism adds a rank's offset."""
+        if shard_id not in self.shard_ids:
+            raise KeyError(f"{shard_id!r} is not a shard of this layer (its shards: {', '.join(self.shard_ids)})")
+        i = self.shard_ids.index(shard_id)
+        return sum(self.output_sizes[:i]), self.output_sizes[i]
+
+    def shard_view(self, param: torch.Tensor, shard_id: str | None) -> torch.Tensor:
+        """The rows of the weight or the bias that hold a shard (None: all of them)."""
+        return param.data if shard_id is None else param.data.narrow(0, *self.shard_rows(shard_id))
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
+        dest = self.shard_view(param, shard_id)
+        check_shape(dest, loaded, "tensor" if shard_id is None else f"shard {shard_id!r}")
+        dest.copy_(loaded)
+
+
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    """A parameter loaded whole from one checkpoint tensor of its shape."""
+    check_shape(param.data, loaded, "tensor")
+    param.data.copy_(loaded)
+
+
+def check_shape(dest: torch.Tensor, loaded: torch.Tensor | QuantizedTensor, what: str) -> None:
+    if dest.shape != loaded.shape:
+        raise ValueError(f"{what} has shape {tuple(loaded.shape)}, expected {tuple(dest.shape)}")
 
 
 class RMSNorm(nn.Module):

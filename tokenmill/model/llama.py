@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
@@ -11,8 +10,13 @@ from torch import nn
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.attention.base import AttentionPlan
 from tokenmill.model.attention import PagedAttention
-from tokenmill.model.layers import Linear, RMSNorm, RotaryEmbedding, SiluAndMul
+from tokenmill.model.layers import (
+    Linear, MergedLinear, RMSNorm, RotaryEmbedding, SiluAndMul, check_shape, default_weight_loader,
+)
 from tokenmill.quant.tensor import QuantizedTensor, concat_rows
+
+# Hugging Face checkpoint matrices that tokenmill stacks into one layer, in its row order.
+PACKED_MODULES = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 
 class LlamaAttention(nn.Module):
@@ -21,7 +25,8 @@ class LlamaAttention(nn.Module):
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.head_dim = cfg.head_dim
-        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.qkv_proj = MergedLinear(cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size],
+                                     PACKED_MODULES["qkv_proj"], bias=cfg.attention_bias)
         self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.attn = PagedAttention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
@@ -37,7 +42,7 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.gate_up_proj = MergedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, PACKED_MODULES["gate_up_proj"])
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.act = SiluAndMul()
 
@@ -79,15 +84,9 @@ class LlamaModel(nn.Module):
         return self.norm(x, residual)[0]
 
 
-# Hugging Face checkpoint names of the pieces that tokenmill fuses into one matrix, and their slot.
-_FUSED = {
-    "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
-    "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
-}
-_FUSED_NAME = re.compile(r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.")
-
-
 class LlamaForCausalLM(nn.Module):
+    packed_modules_mapping = PACKED_MODULES
+
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -113,56 +112,77 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(
         self, weights: Iterable[tuple[str, torch.Tensor | QuantizedTensor]]
     ) -> dict[str, QuantizedTensor]:
-        """Copies Hugging Face-named weights in, fusing q/k/v and gate/up into one matrix each.
+        """Copies Hugging Face-named weights in, each by its parameter's weight loader; the pieces of a
+        packed module (q/k/v, gate/up) go into their shard of the merged layer.
 
-        Quantized matrices are not copied but returned, fused the same way, by layer name, for
-        tokenmill.quant.apply.install_quantized to put in place."""
+        Quantized matrices are not copied but returned, stacked in the layer's shard order, by layer
+        name, for tokenmill.quant.apply.install_quantized to put in place."""
         params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
-        quantized: dict[str, dict[int | None, QuantizedTensor]] = {}
+        quantized: dict[str, dict[str | None, QuantizedTensor]] = {}
         for name, tensor in weights:
-            if "rotary_emb" in name or (name == "lm_head.weight" and self.cfg.tie_word_embeddings):
+            if "rotary_emb" in name or self._is_tied_head(name):
                 continue
             target, shard = self._target(name)
             if target not in params:
                 raise KeyError(f"checkpoint weight {name!r} has no place in {type(self).__name__}")
-            dest = self._destination(params[target], shard)
-            if dest.shape != tensor.shape:
-                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
-            if isinstance(tensor, QuantizedTensor):
-                quantized.setdefault(target.removesuffix(".weight"), {})[shard] = tensor
-            else:
-                dest.copy_(tensor)
-            loaded.add(target if shard is None else f"{target}#{shard}")
+            try:
+                if isinstance(tensor, QuantizedTensor):
+                    check_shape(self._destination(target, shard), tensor, "quantized matrix")
+                    quantized.setdefault(target.removesuffix(".weight"), {})[shard] = tensor
+                else:
+                    self._load(params[target], tensor, shard)
+            except ValueError as err:
+                raise ValueError(f"weight {name!r}: {err}") from None
+            loaded.add(name)
         self._check_complete(params, loaded)
-        return {layer: concat_rows([shards[i] for i in sorted(shards, key=lambda i: i or 0)])
-                for layer, shards in quantized.items()}
+        return {layer: self._stack_quantized(layer, shards) for layer, shards in quantized.items()}
+
+    def _is_tied_head(self, name: str) -> bool:
+        return name == "lm_head.weight" and self.cfg.tie_word_embeddings
+
+    def _target(self, name: str) -> tuple[str, str | None]:
+        """The parameter a checkpoint weight loads into, and its shard id there (None: the whole)."""
+        parent, module, kind = _split_name(name)
+        for packed, shard_ids in self.packed_modules_mapping.items():
+            if module in shard_ids:
+                return f"{parent}.{packed}.{kind}", module
+        return name, None
 
     @staticmethod
-    def _target(name: str) -> tuple[str, int | None]:
-        match = _FUSED_NAME.search(name)
-        if match is None:
-            return name, None
-        fused, shard = _FUSED[match.group(1)]
-        return name.replace(match.group(1), fused), shard
+    def _load(param: nn.Parameter, tensor: torch.Tensor, shard: str | None) -> None:
+        loader = getattr(param, "weight_loader", default_weight_loader)
+        if shard is None:
+            loader(param, tensor)
+        else:
+            loader(param, tensor, shard)
 
-    def _destination(self, param: torch.Tensor, shard: int | None) -> torch.Tensor:
-        return param.data if shard is None else param.data.narrow(0, *self._shard_range(param, shard))
+    def _destination(self, target: str, shard: str | None) -> torch.Tensor:
+        param = self.get_parameter(target)
+        return param.data if shard is None else self.get_submodule(target.rpartition(".")[0]).shard_view(param, shard)
 
-    def _shard_range(self, param: torch.Tensor, shard: int) -> tuple[int, int]:
-        cfg = self.cfg
-        if param.shape[0] == 2 * cfg.intermediate_size:  # gate_up_proj
-            return shard * cfg.intermediate_size, cfg.intermediate_size
-        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        return [(0, q), (q, kv), (q + kv, kv)][shard]
+    def _stack_quantized(self, layer: str, shards: dict[str | None, QuantizedTensor]) -> QuantizedTensor:
+        module = self.get_submodule(layer)
+        order = module.shard_ids if isinstance(module, MergedLinear) else (None,)
+        if set(shards) != set(order):
+            raise ValueError(f"{layer} has both quantized and float shards; they cannot be stacked into one matrix")
+        return concat_rows([shards[shard] for shard in order])
 
     def _check_complete(self, params: dict[str, torch.Tensor], loaded: set[str]) -> None:
-        expected = set()
-        for name in params:
-            if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
-                continue
-            shards = 3 if ".qkv_proj." in name else 2 if ".gate_up_proj." in name else 0
-            expected |= {f"{name}#{i}" for i in range(shards)} if shards else {name}
+        expected = {name for param in params if not self._is_tied_head(param) for name in self._sources(param)}
         missing = sorted(expected - loaded)
         if missing:
             raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+    def _sources(self, param: str) -> list[str]:
+        """The checkpoint weights a parameter loads from: its pieces' names where it is packed."""
+        parent, module, kind = _split_name(param)
+        shard_ids = self.packed_modules_mapping.get(module)
+        return [param] if shard_ids is None else [f"{parent}.{shard}.{kind}" for shard in shard_ids]
+
+
+def _split_name(name: str) -> tuple[str, str, str]:
+    """'model.layers.0.mlp.up_proj.weight' -> ('model.layers.0.mlp', 'up_proj', 'weight')."""
+    module, _, kind = name.rpartition(".")
+    parent, _, last = module.rpartition(".")
+    return parent, last, kind

@@ -61,15 +61,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     return LoadedModel(model, arch, tokenizer)
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    """The model's tokenizer alone, without its weights (for a process that only tokenizes)."""
-    if path.is_dir():
-        return Tokenizer.from_pretrained_dir(path)
-    if path.is_file():
-        return Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
-    raise FileNotFoundError(f"model not found: {path} is neither a GGUF file nor a model directory")
-
-
 # GGUF tensor names (llama.cpp's) to Hugging Face names, which the architectures load.
 _GGUF_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _GGUF_LAYER = {

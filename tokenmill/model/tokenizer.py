@@ -14,6 +14,8 @@ import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 
+from tokenmill.model.gguf_file import read_gguf
+
 _CONTROL = 3  # llama.cpp token types
 _USER_DEFINED = 4
 
@@ -119,6 +121,15 @@ class Tokenizer:
 
     def _token_text(self, token_id: int | None) -> str:
         return "" if token_id is None else self._backend.id_to_token(token_id) or ""
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The model's tokenizer alone, without its weights or torch (for a process that only tokenizes)."""
+    if path.is_dir():
+        return Tokenizer.from_pretrained_dir(path)
+    if path.is_file():
+        return Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
+    raise FileNotFoundError(f"model not found: {path} is neither a GGUF file nor a model directory")
 
 
 def _byte_level_bpe(metadata: dict[str, Any]) -> tokenizers.Tokenizer:

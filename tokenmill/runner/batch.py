@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from tokenmill.engine.scheduler import SchedulerOutput
-from tokenmill.engine.sequence import Sequence
 from tokenmill.attention.base import AttentionBatch
+from tokenmill.runner.input_batch import RunnerSequence
 
 
 @dataclass
@@ -17,22 +16,24 @@ class ModelInput:
     positions: torch.Tensor  # [T]
     attn: AttentionBatch
     logits_indices: torch.Tensor  # rows whose next token is sampled, or verified
-    sampled_seqs: list[Sequence]  # the sequences those rows belong to, in order
+    sampled_seqs: list[RunnerSequence]  # the sequences those rows belong to, in order
     num_logits: list[int]  # rows per sampled sequence: 1, or 1 + its proposals
+    # Sequences that return prompt rows: seq id -> (first row, number of rows) of this step's chunk.
+    prompt_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
-def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device) -> ModelInput:
+def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, device: torch.device) -> ModelInput:
     # Decode rows (one new token) first, then prefill chunks: backends may treat them apart.
-    order = sorted(range(len(sched.seqs)), key=lambda i: sched.num_new_tokens[i] > 1)
-    seqs = [sched.seqs[i] for i in order]
-    num_new = [sched.num_new_tokens[i] for i in order]
-
+    scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
     input_ids: list[int] = []
     logits_rows: list[int] = []
-    sampled: list[Sequence] = []
+    sampled: list[RunnerSequence] = []
     num_logits: list[int] = []
-    for seq, n in zip(seqs, num_new):
+    prompt_rows: dict[int, tuple[int, int]] = {}
+    for seq, n in scheduled:
         start, proposed = seq.num_computed_tokens, seq.spec_token_ids  # scheduled whole, or cleared
+        if seq.returns_prompt_rows and start < seq.num_prompt_tokens:
+            prompt_rows[seq.seq_id] = (len(input_ids), min(n, seq.num_prompt_tokens - start))
         input_ids += seq.token_ids[start : start + n - len(proposed)] + proposed
         if start + n == seq.num_tokens + len(proposed):  # caught up: this step yields its next token(s)
             rows = 1 + len(proposed)  # a proposal's row checks it and the next one
@@ -40,8 +41,8 @@ def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device)
             sampled.append(seq)
             num_logits.append(rows)
 
-    attn, positions = query_batch([s.block_table for s in seqs], [s.num_computed_tokens for s in seqs], num_new,
-                                  block_size, device)
+    attn, positions = query_batch([s.block_table for s, _ in scheduled], [s.num_computed_tokens for s, _ in scheduled],
+                                  [n for _, n in scheduled], block_size, device)
     return ModelInput(
         input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
         positions=positions,
@@ -49,6 +50,7 @@ def prepare_input(sched: SchedulerOutput, block_size: int, device: torch.device)
         logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
         sampled_seqs=sampled,
         num_logits=num_logits,
+        prompt_rows=prompt_rows,
     )
 
 

@@ -1,47 +1,39 @@
-"""ModelRunner: a scheduled step in, sampled tokens out. Owns the model and the KV pool."""
+"""ModelRunner: a SchedulerOutput in, a RunnerOutput out. Owns the model, the KV pool, its own
+copy of the scheduled sequences (runner/input_batch.py), the sampler and the speculator."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
-from tokenmill.config import CacheConfig, ModelConfig
-from tokenmill.engine.scheduler import SchedulerOutput
-from tokenmill.engine.sequence import Sequence
-from tokenmill.kernels.fused_ops import FusedOps
 from tokenmill.attention.base import kv_block_views
 from tokenmill.attention.selector import select_attention_backend
+from tokenmill.config import CacheConfig, ModelConfig, SpeculativeConfig
+from tokenmill.engine.messages import RunnerOutput, SchedulerOutput, SpecDecodeCounts
+from tokenmill.kernels.fused_ops import FusedOps
 from tokenmill.model.layers import bind_fused_ops
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
-from tokenmill.runner.batch import prepare_input
+from tokenmill.runner.batch import ModelInput, prepare_input
 from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
+from tokenmill.runner.input_batch import InputBatch, RunnerSequence
 from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.sampler import Sampler
+from tokenmill.speculative.speculator import ProposalInput, Speculator
 from tokenmill.speculative.verify import accept_greedy, accept_sampled
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RunnerOutput:
-    seqs: list[Sequence]  # the sequences that produced tokens this step
-    token_ids: list[list[int]]  # one each, or with speculation the accepted proposals and one more
-    logprobs: list[dict[int, Logprob] | None]  # for the first token (speculation asks for none)
-    hidden: torch.Tensor | None = None  # [S, H]: the final hidden state that gave each one's last token
-
-
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig,
-                 keep_hidden: bool = False) -> None:
+    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig) -> None:
         self.model = loaded.model
         self.arch = loaded.arch
+        self.model_config = model_config
         self.device, self.dtype = model_config.device, model_config.dtype
-        self.keep_hidden = keep_hidden  # for proposers that read the hidden states (draft heads)
         self.block_size = cache_config.block_size
         if self.device.type == "cpu":
             return_freed_memory()
@@ -60,6 +52,8 @@ class ModelRunner:
         logger.info("attention backend: %s", self.attention.name)
         self._bind_fused_ops()
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
+        self.input_batch = InputBatch(self.device)
+        self.speculator: Speculator | None = None
 
     def _bind_kv_cache(self) -> None:
         """Gives each attention layer its views of the pool (and, for int8, of the scales)."""
@@ -75,24 +69,60 @@ class ModelRunner:
         if ops is not None:
             logger.info("fused C kernels bound to %d layers", bind_fused_ops(self.model, ops))
 
+    def enable_speculation(self, config: SpeculativeConfig, max_model_len: int) -> None:
+        """Builds the proposer (which may load a draft model) once the engine knows its context limit."""
+        from tokenmill.speculative.proposers import make_proposer
+
+        self.speculator = Speculator(config, max_model_len, make_proposer(config, self))
+
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        batch = prepare_input(sched, self.block_size, self.device)
+        batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
         hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
+        prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)
         if not batch.sampled_seqs:
-            return RunnerOutput([], [], [])
+            return RunnerOutput(prompt_logprobs=prompt_logprobs, hidden_states=hidden_states)
         rows = hidden.index_select(0, batch.logits_indices)
         logits = self.model.compute_logits(rows)
         if len(logits) == len(batch.sampled_seqs):  # no proposals this step
             sampled = self.sampler(logits, batch.sampled_seqs)
-            out = RunnerOutput(batch.sampled_seqs, [[t] for t in sampled.token_ids], sampled.logprobs)
+            token_ids, logprobs = [[t] for t in sampled.token_ids], sampled.logprobs
         else:
-            out = self._verify(logits, batch.sampled_seqs, batch.num_logits)
-        if self.keep_hidden:
-            out.hidden = rows[_last_rows(batch.num_logits, out.token_ids)]
-        return out
+            token_ids, logprobs = self._verify(logits, batch.sampled_seqs, batch.num_logits)
+        seqs = batch.sampled_seqs
+        counts, proposals = self._speculate(seqs, token_ids, rows, batch.num_logits)
+        return RunnerOutput(
+            sampled_token_ids={seq.seq_id: tokens for seq, tokens in zip(seqs, token_ids)},
+            logprobs={seq.seq_id: lp for seq, lp in zip(seqs, logprobs) if lp is not None},
+            spec_token_ids=proposals, spec_counts=counts,
+            prompt_logprobs=prompt_logprobs, hidden_states=hidden_states,
+        )  # fmt: skip
 
-    def _verify(self, logits: torch.Tensor, seqs: list[Sequence], num_logits: list[int]) -> RunnerOutput:
+    def _speculate(self, seqs: list[RunnerSequence], token_ids: list[list[int]], rows: torch.Tensor,
+                   num_logits: list[int]) -> tuple[SpecDecodeCounts, dict[int, list[int]]]:
+        """Verification's tally, and proposals for the next step from the tokens just produced."""
+        speculator = self.speculator
+        if speculator is None:
+            return SpecDecodeCounts(), {}
+        counts = speculator.record(seqs, token_ids)
+        if not speculator.is_active(len(seqs)):
+            return counts, {}
+        last = rows[_last_rows(num_logits, token_ids)] if speculator.needs_hidden else None
+        inputs = [ProposalInput(seq, tokens, None if last is None else last[i])
+                  for i, (seq, tokens) in enumerate(zip(seqs, token_ids))]
+        return counts, speculator.propose(inputs)
+
+    def _prompt_rows(self, hidden: torch.Tensor, batch: ModelInput) -> tuple[dict, dict]:
+        """For sequences that asked: this chunk's next-token log-probabilities and hidden states."""
+        logprobs, states = {}, {}
+        for seq_id, (first, count) in batch.prompt_rows.items():
+            rows = hidden[first : first + count]
+            states[seq_id] = rows.float().clone()
+            logprobs[seq_id] = torch.log_softmax(self.model.compute_logits(rows), dim=-1)
+        return logprobs, states
+
+    def _verify(self, logits: torch.Tensor, seqs: list[RunnerSequence],
+                num_logits: list[int]) -> tuple[list[list[int]], list[dict[int, Logprob] | None]]:
         """Sequences with proposals verify them over their rows (greedy, or by rejection sampling);
         the others sample their one row."""
         ends = list(itertools.accumulate(num_logits))
@@ -111,7 +141,7 @@ class ModelRunner:
         probs = self.sampler.distribution(logits[rows], [seqs[i] for i in stochastic for _ in range(num_logits[i])])
         for i, seq_probs in zip(stochastic, probs.split([num_logits[i] for i in stochastic])):
             token_ids[i] = accept_sampled(seq_probs, seqs[i].spec_token_ids, self.sampler.generator_for(seqs[i]))
-        return RunnerOutput(seqs, token_ids, logprobs)
+        return token_ids, logprobs
 
 
 def _last_rows(num_logits: list[int], token_ids: list[list[int]]) -> list[int]:

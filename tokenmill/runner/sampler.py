@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenmill.engine.sequence import Sequence
 from tokenmill.outputs import Logprob
+from tokenmill.runner.input_batch import RunnerSequence
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Sampler:
         self.generator = torch.Generator(device).manual_seed(seed)
         self.eos_token_id = eos_token_id
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> SamplerOutput:
         params = [s.params for s in seqs]
         logprobs = logits.log_softmax(-1) if any(p.logprobs is not None for p in params) else None
         logits = self._apply_penalties(logits, seqs)
@@ -33,7 +33,7 @@ class Sampler:
         token_ids = self._sample(logits, seqs)
         return SamplerOutput(token_ids.tolist(), _gather_logprobs(logprobs, token_ids, seqs))
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         greedy = logits.argmax(-1)
         if all(s.params.is_greedy for s in seqs):
             return greedy
@@ -43,23 +43,23 @@ class Sampler:
         is_greedy = torch.tensor([s.params.is_greedy for s in seqs], device=logits.device)
         return torch.where(is_greedy, greedy, sampled)
 
-    def distribution(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def distribution(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         """What each row samples from: temperature, then top-k/top-p/min-p, as probabilities."""
         temperature = _column([s.params.temperature or 1.0 for s in seqs], logits)
         return _filter(logits / temperature, seqs).softmax(-1)
 
-    def generator_for(self, seq: Sequence) -> torch.Generator:
+    def generator_for(self, seq: RunnerSequence) -> torch.Generator:
         """The request's own seeded generator, or the engine's."""
         return seq.generator if seq.generator is not None else self.generator
 
-    def _exponential_noise(self, probs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _exponential_noise(self, probs: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
         for row, seq in enumerate(seqs):
             if seq.generator is not None:  # the same seed samples the same whatever the batch
                 noise[row].exponential_(generator=seq.generator)
         return noise
 
-    def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _apply_penalties(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         params = [s.params for s in seqs]
         if all(p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty for p in params):
             return logits
@@ -72,7 +72,7 @@ class Sampler:
         logits = logits - _column([p.frequency_penalty for p in params], logits) * output_counts
         return logits - _column([p.presence_penalty for p in params], logits) * (output_counts > 0)
 
-    def _block_early_stop(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _block_early_stop(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         """Below min_tokens, the tokens that would stop the sequence cannot be sampled."""
         rows, cols = [], []
         for row, seq in enumerate(seqs):
@@ -89,7 +89,7 @@ class Sampler:
         return logits
 
 
-def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+def _filter(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
     """Top-k, then top-p, then min-p, on one descending sort of each row."""
     params = [s.params for s in seqs]
     if all(p.top_k <= 0 and p.top_p >= 1.0 and p.min_p <= 0.0 for p in params):
@@ -107,7 +107,7 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
 
 
 def _gather_logprobs(
-    logprobs: torch.Tensor | None, token_ids: torch.Tensor, seqs: list[Sequence]
+    logprobs: torch.Tensor | None, token_ids: torch.Tensor, seqs: list[RunnerSequence]
 ) -> list[dict[int, Logprob] | None]:
     if logprobs is None:
         return [None] * len(seqs)

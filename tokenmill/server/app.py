@@ -28,7 +28,7 @@ from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, 
 
 def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
     metrics = ServerMetrics(config.served_model_name)
-    engine = AsyncEngine(engine_config, on_step=lambda out: metrics.observe_engine(out.stats))
+    engine = AsyncEngine(engine_config, tokenizer, on_step=lambda out: metrics.observe_engine(out.stats))
     state = ServerState(engine, config, metrics, AdmissionControl(config.max_queued_requests, config.max_queued_tokens))
 
     @asynccontextmanager

@@ -9,7 +9,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from tokenmill.engine.async_engine import AsyncEngine, EngineDeadError, RequestRejectedError
-from tokenmill.engine.core import RequestDelta
+from tokenmill.engine.output_processor import RequestDelta
 from tokenmill.outputs import Logprob, RequestMetrics
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.server.admission import AdmissionControl, QueueFullError, Ticket
@@ -85,7 +85,7 @@ class RequestRun:
                     ticket.release()
                     self._fold(delta)
                     yield delta
-        except TimeoutError as exc:
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct classes before Python 3.11
             state.metrics.observe_rejected("timeout")
             raise APIError(408, f"the request did not finish within {state.config.request_timeout_s:g} s",
                            "timeout_error", code="request_timeout") from exc

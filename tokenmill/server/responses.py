@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tokenmill.engine.core import CompletionDelta
+from tokenmill.engine.output_processor import CompletionDelta
 from tokenmill.outputs import Logprob
 from tokenmill.server.generation import RequestRun
 

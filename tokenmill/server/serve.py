@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from tokenmill.config import EngineConfig
-from tokenmill.model.loader import load_tokenizer
+from tokenmill.model.tokenizer import load_tokenizer
 from tokenmill.server.app import build_app
 from tokenmill.server.config import ServerConfig
 

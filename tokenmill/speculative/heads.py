@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tokenmill.engine.sequence import Sequence
+from tokenmill.speculative.speculator import ProposalInput
 
 HEADS_DIR = Path(__file__).with_name("trained_heads")
 
@@ -56,7 +56,7 @@ def default_heads_path(model_path: Path) -> Path:
 
 
 class HeadsProposer:
-    """Proposes from each sequence's `hidden` (the runner keeps it when this proposer is in use)."""
+    """Proposes from each sequence's final hidden state (the runner passes it when this proposer is on)."""
 
     def __init__(self, model: nn.Module, heads: DraftHeads) -> None:
         self.model, self.heads = model, heads
@@ -66,9 +66,9 @@ class HeadsProposer:
         return self.heads.num_heads
 
     @torch.inference_mode()
-    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
-        hidden = torch.stack([seq.hidden for seq in seqs])
-        last = torch.tensor([seq.token_ids[-1] for seq in seqs], device=hidden.device)
+    def propose(self, seqs: list[ProposalInput], num_tokens: list[int]) -> list[list[int]]:
+        hidden = torch.stack([item.hidden for item in seqs])
+        last = torch.tensor([item.new_token_ids[-1] for item in seqs], device=hidden.device)
         states = self.heads(hidden, self.model.embed(last))
         guesses = self.model.compute_logits(states.flatten(0, 1)).argmax(-1).view(len(seqs), -1).tolist()
         return [row[:k] for row, k in zip(guesses, num_tokens)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from tokenmill.engine.sequence import Sequence
+from tokenmill.speculative.speculator import ProposalInput
 
 
 class NgramProposer:
@@ -15,8 +15,8 @@ class NgramProposer:
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n, self.max_n = min_n, max_n
 
-    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
-        return [self.lookup(seq.token_ids, k) for seq, k in zip(seqs, num_tokens)]
+    def propose(self, seqs: list[ProposalInput], num_tokens: list[int]) -> list[list[int]]:
+        return [self.lookup(item.token_ids, k) for item, k in zip(seqs, num_tokens)]
 
     def lookup(self, token_ids: list[int], num_tokens: int) -> list[int]:
         """Up to num_tokens guesses at what follows token_ids; [] where nothing matches."""

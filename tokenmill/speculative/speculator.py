@@ -1,24 +1,53 @@
-"""Speculator: before each step, proposals for the decoding sequences that can take them; after
-it, the tally of what the model accepted, which sets how many tokens each sequence's next steps
-propose."""
+"""Speculator: inside the model runner, after each step's sampling, proposals for the sequences
+that produced a token and can take more; and the tally of what verification accepted, which sets
+how many tokens each sequence's next steps propose. Proposals leave in the RunnerOutput; the
+scheduler schedules them next step (whole, or drops them for lack of budget)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
-from tokenmill.config import CacheConfig, ModelConfig, SpeculativeConfig
-from tokenmill.engine.sequence import Sequence
-from tokenmill.kv.block_manager import BlockManager
-from tokenmill.runner.model_runner import ModelRunner
+import torch
+
+from tokenmill.config import SpeculativeConfig
+from tokenmill.engine.messages import SpecDecodeCounts
+from tokenmill.runner.input_batch import RunnerSequence
 from tokenmill.speculative.adaptive import proposal_length, updated_rate
+
+
+@dataclass
+class ProposalInput:
+    """A sequence as a proposer sees it once its step's tokens are in."""
+
+    seq: RunnerSequence
+    new_token_ids: list[int]  # the tokens this step produced
+    hidden: torch.Tensor | None  # [H]: the final hidden state that produced the last of them
+
+    @cached_property
+    def token_ids(self) -> list[int]:
+        """All its tokens, the new ones included: built only for proposers that read them."""
+        return self.seq.token_ids + self.new_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return self.seq.num_tokens + len(self.new_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.seq.num_prompt_tokens
+
+    @property
+    def num_computed_tokens(self) -> int:
+        """Tokens with KV in the model's pool: all but the last (the model has not read it yet)."""
+        return self.num_tokens - 1
 
 
 class Proposer(Protocol):
     max_tokens: int | None  # the most it can propose at once (None: any number)
 
-    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+    def propose(self, seqs: list[ProposalInput], num_tokens: list[int]) -> list[list[int]]:
         """Up to num_tokens[i] guesses at the tokens after seqs[i]'s; fewer (or none) where unsure."""
         ...
 
@@ -32,7 +61,7 @@ class FirstProposal:
         limits = [p.max_tokens for p in proposers if p.max_tokens is not None]
         self.max_tokens = min(limits) if limits else None
 
-    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+    def propose(self, seqs: list[ProposalInput], num_tokens: list[int]) -> list[list[int]]:
         proposals: list[list[int]] = [[] for _ in seqs]
         pending = list(range(len(seqs)))
         for proposer in self.proposers:
@@ -45,16 +74,6 @@ class FirstProposal:
         return proposals
 
 
-@dataclass
-class SpeculationStats:
-    num_proposed: int = 0
-    num_accepted: int = 0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.num_accepted / self.num_proposed if self.num_proposed else 0.0
-
-
 class Speculator:
     def __init__(self, config: SpeculativeConfig, max_model_len: int, proposer: Proposer) -> None:
         if proposer.max_tokens is not None and config.num_speculative_tokens > proposer.max_tokens:
@@ -63,78 +82,49 @@ class Speculator:
         self.config = config
         self.max_model_len = max_model_len
         self.proposer = proposer
-        self.stats = SpeculationStats()
 
-    def propose(self, running: list[Sequence]) -> None:
-        """Sets spec_token_ids for each decoding sequence that verification can take."""
-        for seq in running:
-            seq.spec_token_ids = []
-        decoding = [seq for seq in running if seq.num_tokens - seq.num_computed_tokens == 1]
-        if len(decoding) >= self.config.disable_by_batch_size:
-            return
-        seqs, room = [], []
-        for seq in decoding:
-            n = self._room(seq, proposal_length(seq.spec_acceptance, self.config.num_speculative_tokens))
-            if n > 0 and _verifiable(seq):
-                seqs.append(seq)
+    @property
+    def needs_hidden(self) -> bool:
+        return self.config.uses_heads
+
+    def record(self, seqs: list[RunnerSequence], token_ids: list[list[int]]) -> SpecDecodeCounts:
+        """After verification: each sequence's acceptance rate, and the step's totals."""
+        proposed = accepted = 0
+        for seq, tokens in zip(seqs, token_ids):
+            if seq.spec_token_ids:
+                num_accepted = len(tokens) - 1
+                seq.spec_acceptance = updated_rate(seq.spec_acceptance, len(seq.spec_token_ids), num_accepted)
+                proposed, accepted = proposed + len(seq.spec_token_ids), accepted + num_accepted
+        return SpecDecodeCounts(proposed, accepted)
+
+    def is_active(self, num_decoding: int) -> bool:
+        """Big batches already keep the hardware busy: no proposals for them."""
+        return num_decoding < self.config.disable_by_batch_size
+
+    def propose(self, inputs: list[ProposalInput]) -> dict[int, list[int]]:
+        """Proposals for the next step, by seq id, for each sequence that verification can take."""
+        chosen, room = [], []
+        for item in inputs:
+            n = self._room(item, proposal_length(item.seq.spec_acceptance, self.config.num_speculative_tokens))
+            if n > 0 and _verifiable(item):
+                chosen.append(item)
                 room.append(n)
-        if seqs:
-            for seq, proposal in zip(seqs, self.proposer.propose(seqs, room)):
-                seq.spec_token_ids = proposal
+        if not chosen:
+            return {}
+        made = self.proposer.propose(chosen, room)
+        return {item.seq.seq_id: proposal for item, proposal in zip(chosen, made) if proposal}
 
-    def _room(self, seq: Sequence, k: int) -> int:
+    def _room(self, item: ProposalInput, k: int) -> int:
         """Proposals that can still count: a step also adds the model's own token after them."""
-        k = min(k, self.max_model_len - seq.num_tokens - 1)
-        if seq.params.max_tokens is not None:
-            k = min(k, seq.params.max_tokens - seq.num_output_tokens - 1)
+        k = min(k, self.max_model_len - item.num_tokens - 1)
+        if item.seq.params.max_tokens is not None:
+            k = min(k, item.seq.params.max_tokens - item.num_output_tokens - 1)
         return k
 
-    def record(self, seq: Sequence, num_proposed: int, num_accepted: int) -> None:
-        self.stats.num_proposed += num_proposed
-        self.stats.num_accepted += num_accepted
-        seq.spec_acceptance = updated_rate(seq.spec_acceptance, num_proposed, num_accepted)
 
-
-def make_proposer(config: SpeculativeConfig, runner: ModelRunner, block_manager: BlockManager,
-                  model_config: ModelConfig) -> Proposer:
-    from tokenmill.speculative.ngram import NgramProposer
-
-    ngram = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
-    if config.method == "ngram":
-        return ngram
-    if config.method == "draft":
-        return _draft_proposer(config, runner, block_manager, model_config)
-    from tokenmill.speculative.heads import DraftHeads, HeadsProposer, default_heads_path
-
-    path = Path(config.model) if config.model is not None else default_heads_path(model_config.model)
-    if not path.is_file():
-        raise FileNotFoundError(f"no draft heads at {path}: train them with `tokenmill train-draft`")
-    heads = HeadsProposer(runner.model, DraftHeads.load(path, runner.arch.hidden_size).to(runner.device, runner.dtype))
-    return heads if config.method == "heads" else FirstProposal([ngram, heads])
-
-
-def _draft_proposer(config: SpeculativeConfig, runner: ModelRunner, block_manager: BlockManager,
-                    model_config: ModelConfig) -> Proposer:
-    from tokenmill.model.loader import load_model
-    from tokenmill.runner.kv_cache import block_bytes
-    from tokenmill.speculative.draft import DraftProposer
-
-    if config.model is None:  # a self-draft
-        return DraftProposer(runner.model, runner.attention, block_manager, runner.device, config.draft_layers)
-    draft_config = replace(model_config, model=Path(config.model), max_model_len=None)
-    loaded = load_model(draft_config)
-    if loaded.arch.vocab_size != runner.arch.vocab_size:
-        raise ValueError(f"the draft model's vocabulary has {loaded.arch.vocab_size} tokens, the model's "
-                         f"{runner.arch.vocab_size}: they must be the same")
-    # A pool with as many blocks as the model's, so that the sequences' block tables address both.
-    pool_bytes = block_manager.num_blocks * block_bytes(loaded.arch, block_manager.block_size, model_config.dtype)
-    draft = ModelRunner(loaded, draft_config, CacheConfig(block_manager.block_size, kv_cache_memory=pool_bytes))
-    return DraftProposer(draft.model, draft.attention, block_manager, runner.device)
-
-
-def _verifiable(seq: Sequence) -> bool:
+def _verifiable(item: ProposalInput) -> bool:
     """Nothing that makes a token depend on more than its logits row: no penalties (they count the
     tokens before it), no min_tokens pending, and no logprobs requested (verification reports none)."""
-    p = seq.params
-    return (p.logprobs is None and seq.num_output_tokens >= p.min_tokens
+    p = item.seq.params
+    return (p.logprobs is None and item.num_output_tokens >= p.min_tokens
             and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty)

@@ -44,15 +44,10 @@ def self_distill(llm: LLM, config: DraftTrainingConfig) -> list[tuple[list[int],
 
 
 def hidden_states(llm: LLM, token_ids: list[int]) -> torch.Tensor:
-    """The final hidden state at every position of token_ids, [T, H], from one prefill (read off the
-    model's output by a forward hook, with the engine running nothing else)."""
-    chunks: list[torch.Tensor] = []
-    hook = llm.engine.runner.model.model.register_forward_hook(lambda _m, _in, out: chunks.append(out.float()))
-    try:
-        llm.generate({"prompt_token_ids": token_ids}, SamplingParams(max_tokens=1), use_tqdm=False)
-    finally:
-        hook.remove()
-    return torch.cat(chunks)[: len(token_ids)]
+    """The final hidden state at every position of token_ids, [T, H], from one prefill."""
+    hidden = llm.engine.score_prompt(token_ids).hidden_states
+    assert hidden is not None
+    return hidden
 
 
 def make_examples(llm: LLM, conversations: list[tuple[list[int], list[int]]], num_heads: int) -> Examples:

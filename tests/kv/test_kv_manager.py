@@ -1,0 +1,73 @@
+"""The KV manager over ids alone: tables with holes, trimming, and the diffs the runner gets."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from tokenmill.kv.kv_manager import KVCacheManager
+
+
+@dataclass
+class Req:
+    seq_id: int
+    token_ids: list[int]
+    extra_keys: tuple = ()
+
+
+def test_freeing_from_the_middle_leaves_holes_that_keep_later_positions():
+    kv = KVCacheManager(num_blocks=6, block_size=4, enable_prefix_caching=False, allow_holes=True)
+    kv.allocate(0, 16)
+    assert kv.block_table(0) == [0, 1, 2, 3]
+    kv.free_blocks(0, 0, 2)  # two blocks fall behind a window
+    assert kv.block_table(0) == [kv.null_block, kv.null_block, 2, 3] and kv.null_block == 6
+    assert kv.num_free_blocks == 4 and kv.ref_counts[:4] == [0, 0, 1, 1]
+    kv.allocate(0, 20)  # growing appends after the holes, from the free queue's front
+    assert kv.block_table(0) == [6, 6, 2, 3, 4]
+    kv.free(0)  # holes are skipped: nothing is freed twice, the null block never joins the queue
+    assert kv.num_free_blocks == 6 and kv.ref_counts == [0] * 6 and kv.null_block not in kv.free_block_ids()
+
+
+def test_trim_gives_back_only_the_blocks_past_the_kept_tokens():
+    kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
+    kv.allocate(3, 13)
+    kv.trim(3, 9)  # 9 tokens need 3 blocks: the fourth goes back
+    assert kv.block_table(3) == [0, 1, 2] and kv.num_free_blocks == 5
+    kv.trim(3, 12)  # nothing past 12 tokens: nothing changes
+    assert kv.block_table(3) == [0, 1, 2]
+
+
+def test_the_runner_hears_of_each_change_once():
+    kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False, allow_holes=True)
+    kv.allocate(1, 8)
+    assert kv.take_changes(1) == (0, [0, 1])
+    assert kv.take_changes(1) == (2, [])
+    kv.allocate(1, 13)
+    kv.trim(1, 9)  # blocks 2 and 3 taken, then 3 given back: the diff starts where the table changed
+    assert kv.take_changes(1) == (2, [2])
+    kv.free_blocks(1, 0, 1)
+    assert kv.take_changes(1) == (0, [kv.null_block, 1, 2])
+
+
+def test_prefix_hits_come_from_the_manager_and_holes_are_never_named():
+    kv = KVCacheManager(num_blocks=8, block_size=4, allow_holes=True)
+    first = Req(0, list(range(12)))
+    kv.allocate(0, 12)
+    kv.cache_full_blocks(first, 12)
+    assert kv.computed_blocks(Req(1, list(range(12)) + [99])) == 12
+    assert kv.block_table(1) == [0, 1, 2] and kv.ref_counts[:3] == [2, 2, 2]
+    assert kv.computed_blocks(Req(2, list(range(12)), ("salt",))) == 0  # other extra keys: no hit
+    kv.free(1)
+    kv.free(2)
+    kv.free_blocks(0, 1, 2)  # block 1 leaves the table; its content waits, named, in the free queue
+    kv.allocate(0, 20)
+    kv.cache_full_blocks(Req(0, list(range(20))), 20)
+    assert kv.block_table(0) == [0, kv.null_block, 2, 3, 4]
+    assert len(kv.prefix_cache) == 5 and not kv.prefix_cache.is_cached(kv.null_block)
+
+
+def test_a_pool_without_a_null_block_refuses_holes():
+    kv = KVCacheManager(num_blocks=4, block_size=4)
+    kv.allocate(0, 8)
+    with pytest.raises(ValueError, match="null block"):
+        kv.free_blocks(0, 0, 1)
+    assert kv.block_table(0) == [0, 1]

@@ -1,0 +1,24 @@
+"""EngineStats: the engine's counters in one snapshot, for metrics, benchmarks and tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of blocks in use
+    num_preemptions: int  # since start
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache, since start
+    prefix_cache_hits: int = 0  # of those, tokens found
+    speculative_method: str | None = None  # speculative decoding's proposer, if on
+    spec_draft_tokens: int = 0  # tokens it proposed, since start
+    spec_accepted_tokens: int = 0  # of those, tokens the model accepted
+    num_blocks: int = 0  # the KV pool's blocks
+    num_free_blocks: int = 0
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return self.spec_accepted_tokens / self.spec_draft_tokens if self.spec_draft_tokens else 0.0
