@@ -72,6 +72,22 @@ def test_stop_string_ends_the_text_before_it(client):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_a_stop_string_ends_one_sample_while_the_others_go_on(client):
+    """n = 4 sampled continuations: each ends at its own first stop string or runs to max_tokens, and
+    (the fixture checks) the samples the front end stopped are aborted in the core, every block freed."""
+    free = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, n=4, temperature=1.0, seed=11)
+    stopped = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, n=4, temperature=1.0, seed=11,
+                                        stop=[" and"])
+    by_index = {c.index: c for c in stopped.choices}
+    for choice in free.choices:
+        ended = by_index[choice.index]
+        if " and" in choice.text:
+            assert ended.text == choice.text[: choice.text.index(" and")] and ended.finish_reason == "stop"
+        else:
+            assert ended.text == choice.text and ended.finish_reason == choice.finish_reason
+    assert any(" and" in c.text for c in free.choices), "no sample reached the stop string"
+
+
 def test_completion_logprobs(client):
     result = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=3)
     lp = result.choices[0].logprobs
