@@ -1,4 +1,4 @@
-"""`tokenmill bench serve | offline | compare`: measure any OpenAI-compatible server, or the engine."""
+"""`tokenmill bench serve | offline | compare | roofline`: measure any OpenAI-compatible server, or the engine."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tokenmill.bench.chat_workloads import (
 from tokenmill.bench.client import RequestRecord, Target, run_level
 from tokenmill.bench.workloads import TextTokenizer
 from tokenmill.bench.results import BenchRun, LevelResult
+from tokenmill.bench.roofline_cli import add_roofline_command
 from tokenmill.bench.speculation import SpeculationCounts, scrape
 from tokenmill.bench.stats import parse_slo
 from tokenmill.bench.tables import print_comparison, print_level
@@ -58,6 +59,8 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("a", type=Path)
     compare.add_argument("b", type=Path)
     compare.set_defaults(run=cmd_bench_compare)
+
+    add_roofline_command(kinds)
 
 
 def _add_workload_args(parser: argparse.ArgumentParser, seed: bool = True) -> None:

@@ -1,0 +1,30 @@
+"""`tokenmill bench roofline`: the FLOP count against the model's own layers, and the command end to end."""
+
+from torch import nn
+
+from tokenmill.bench.roofline import StepFraction, prefill_flops
+from tokenmill.cli import main
+
+
+def test_prefill_flops_count_every_decoder_weight_once_per_token(llm):
+    """2 FLOPs a weight a token for the decoder's linear layers (read off the model), one row of the
+    LM head, and causal attention's two products per query head."""
+    model, arch, tokens = llm.engine.runner.model, llm.engine.arch, 64
+    decoder = sum(m.in_features * m.out_features for name, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and name.startswith("model.layers."))
+    attention = 2 * 2 * arch.num_layers * arch.num_heads * arch.head_dim * sum(range(1, tokens + 1))
+    expected = 2 * tokens * decoder + 2 * arch.hidden_size * arch.vocab_size + attention
+    assert prefill_flops(llm.engine, tokens) == expected
+
+
+def test_a_step_at_its_floor_is_all_of_the_roofline():
+    assert StepFraction("decode", seconds=0.02, work=1e8, floor_s=0.005).fraction == 0.25
+
+
+def test_the_command_measures_the_machine_and_both_steps(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line a row
+    assert main(["bench", "roofline", "--read-bytes", str(64 << 20), "--context", "32", "--decode-tokens", "8",
+                 "--prefill-tokens", "64", "--kv-cache-memory", str(32 << 20)]) == 0
+    out = capsys.readouterr().out
+    assert "read GB/s" in out and "bfloat16 GFLOP/s" in out and "int8 GFLOP/s" in out
+    assert "decode, batch 1, context 32" in out and "prefill, 64 tokens" in out and "%" in out
