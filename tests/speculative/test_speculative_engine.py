@@ -1,5 +1,5 @@
 """Speculative decoding inside the engine, on the real model, with each proposer: it never changes a
-greedy output, and the KV of rejected proposals (and of blocks a proposer reserved) goes back."""
+greedy output, and the KV of rejected proposals (and of the slots a draft kept ahead) goes back."""
 
 import pytest
 import torch

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from tokenmill.bench.report import cpu_features, cpu_model
 from tokenmill.engine_args import add_engine_args, build_llm, model_name
+from tokenmill.sampling_params import SamplingParams
 
 console = Console()
 
@@ -51,8 +52,6 @@ def cmd_bench_roofline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_warm_up(llm) -> None:
+def _run_warm_up(llm) -> None:  # llm: tokenmill.LLM (imported late: loading the engine is slow)
     """Kernels compiled and the allocator warm before anything is timed."""
-    from tokenmill.sampling_params import SamplingParams
-
     llm.generate({"prompt_token_ids": list(range(100, 164))}, SamplingParams(max_tokens=4), use_tqdm=False)

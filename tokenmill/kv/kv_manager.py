@@ -135,9 +135,9 @@ class KVCacheManager:
         """Takes the cached blocks of seq's longest cached prefix into its (empty) table, always
         leaving one token to compute (its logits are needed); returns the tokens they hold."""
         cache = self.prefix_cache
-        blocks = self._entry(seq.seq_id)
-        if cache is None or blocks.table:
+        if cache is None or self.block_table(seq.seq_id):
             return 0
+        blocks = self._entry(seq.seq_id)
         num_blocks = (len(seq.token_ids) - 1) // self.block_size  # full blocks, short of the last token
         hashes = self._hashes.setdefault(seq.seq_id, [])
         chain_hashes(seq.token_ids, self.block_size, num_blocks, hashes, seq.extra_keys)
