@@ -23,7 +23,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tokenmill.bench.report import command_line, cpu_model, load_average_note, markdown_table
+from tokenmill.bench.report import command_line, load_average_note, markdown_table
+from tokenmill.kernels.cpu_info import cpu_model
 from tokenmill.bench.workloads import TextTokenizer, WorkloadRequest, offline_workload, spread_subset
 from tokenmill.model.default import default_model_path
 
@@ -97,6 +98,8 @@ def parse_args() -> argparse.Namespace:
                         help="offline runs per engine, alternating between the engines (the median is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("tokenmill", "transformers"), default=None, help="run one engine")
+    parser.add_argument("--quantization", default="none", help="tokenmill's weights (transformers: float)")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="tokenmill's KV cache")
     args = parser.parse_args()
     if args.output_len < 2:
         parser.error("--output-len must be >= 2 to measure decode speed")
@@ -170,7 +173,8 @@ def load_tokenmill(args: argparse.Namespace):  # -> tokenmill.LLM
 
     start = time.perf_counter()
     # Every round sends the same prompts: without this, rounds after the first would find them cached.
-    llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, enable_prefix_caching=False)
+    llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, enable_prefix_caching=False,
+              quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
     console.print(f"tokenmill: loaded in {time.perf_counter() - start:.1f} s")
     return llm
 

@@ -21,7 +21,8 @@ from rich.table import Table
 
 from tokenmill import LLM, SamplingParams
 from tokenmill.bench.chat_workloads import WorkloadSpec, build_workload
-from tokenmill.bench.report import command_line, cpu_model, load_average_note, markdown_table
+from tokenmill.bench.report import command_line, load_average_note, markdown_table
+from tokenmill.kernels.cpu_info import cpu_model
 
 console = Console()
 

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -30,9 +31,11 @@ from rich.table import Table
 
 from tokenmill.bench.chat_workloads import ChatRequest
 from tokenmill.bench.client import RequestRecord, Target, run_level
-from tokenmill.bench.report import command_line, cpu_model, load_average_note, markdown_table
+from tokenmill.bench.report import command_line, load_average_note, markdown_table
+from tokenmill.kernels.cpu_info import cpu_model
 from tokenmill.bench.stats import percentile
 from tokenmill.bench.workloads import WorkloadRequest, offline_workload, spread_subset
+from tokenmill.engine_args import add_engine_args, engine_options
 from tokenmill.model.default import DEFAULT_MODEL_NAME, default_model_path
 from tokenmill.model.tokenizer import load_tokenizer
 
@@ -64,6 +67,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--single-requests", type=int, default=4, help="requests timed at concurrency 1")
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine-args", default="",
+                        help="engine options for the server and the offline engine alike, e.g. '--quantization gguf'")
     return parser.parse_args()
 
 
@@ -83,11 +88,11 @@ def offline_round(llm, prompts: list[str], output_len: int) -> tuple[float, list
 # ---- the server ------------------------------------------------------------------------------------
 
 
-def start_server(log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(log: Path, engine_args: list[str]) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), "--no-prefix-caching"]
+    command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *engine_args, "--no-prefix-caching"]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -127,11 +132,15 @@ def main() -> None:
     workload = offline_workload(tokenizer, num_requests=args.num_requests, output_len=args.output_len, seed=args.seed)
     from tokenmill import LLM
 
-    llm = LLM(enable_prefix_caching=False)  # the rounds repeat one workload: measure the work, not the cache
+    engine_args = shlex.split(args.engine_args)
+    options = argparse.ArgumentParser()
+    add_engine_args(options)
+    # The rounds repeat one workload: measure the work, not the cache.
+    llm = LLM(**engine_options(options.parse_args([*engine_args, "--no-prefix-caching"])))
     chat_prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}]) for r in workload]
     top = max(args.concurrency)
     log = Path(tempfile.mkdtemp()) / "server.log"
-    process, url = start_server(log)
+    process, url = start_server(log, engine_args)
     try:
         offline_tps, top_levels = [], []
         for round_ in range(1, args.rounds + 1):

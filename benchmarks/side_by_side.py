@@ -16,6 +16,7 @@ import argparse
 import datetime
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tokenmill.bench.report import cpu_model, markdown_table
+from tokenmill.bench.report import markdown_table
+from tokenmill.kernels.cpu_info import cpu_model
 
 console = Console()
 HERE = Path(__file__).resolve().parent.parent
@@ -40,9 +42,9 @@ OFFLINE_ROWS = {
 }
 
 
-def run_round(tree: Path, benchmark: str) -> dict[str, float]:
+def run_round(tree: Path, benchmark: str, extra: list[str]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, *BENCHMARKS[benchmark]], cwd=tree, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, *BENCHMARKS[benchmark], *extra], cwd=tree, env=env, capture_output=True,
                           text=True)
     if done.returncode != 0:
         raise SystemExit(f"{benchmark} failed in {tree}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("--base", type=Path, required=True, help="the other source tree (e.g. a git worktree)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--this-args", default="", help="options for this tree's benchmark only, e.g. a faster mode")
     args = parser.parse_args()
     trees = {"base": args.base.resolve(), "this": HERE}
     results: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
@@ -86,7 +89,8 @@ def main() -> None:
         order = ["base", "this"] if round_ % 2 == 0 else ["this", "base"]
         for name in order:
             console.print(f"round {round_ + 1}/{args.rounds}: {args.benchmark} in {name} ({trees[name]}) ...")
-            results[name].append(run_round(trees[name], args.benchmark))
+            extra = shlex.split(args.this_args) if name == "this" else []
+            results[name].append(run_round(trees[name], args.benchmark, extra))
     header = ["figure", "base (median)", "this (median)", "this / base", "base, every round", "this, every round"]
     rows = []
     for figure in results["base"][0]:
@@ -98,7 +102,7 @@ def main() -> None:
     commit = lambda tree: subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],  # noqa: E731
                                          capture_output=True, text=True).stdout.strip()
     console.print(f"{datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores; base {commit(trees['base'])}, "
-                  f"this {commit(HERE)} (with its uncommitted changes); {args.rounds} rounds each")
+                  f"this {commit(HERE)} (with its uncommitted changes) {args.this_args}; {args.rounds} rounds each")
     console.print("\n".join(markdown_table(header, rows)), markup=False, highlight=False, soft_wrap=True)
 
 

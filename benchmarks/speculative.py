@@ -18,7 +18,8 @@ import time
 
 from tokenmill import LLM, SamplingParams
 from tokenmill.bench.chat_workloads import ChatRequest, WorkloadSpec, build_workload
-from tokenmill.bench.report import cpu_model, load_average_note, markdown_table
+from tokenmill.bench.report import load_average_note, markdown_table
+from tokenmill.kernels.cpu_info import cpu_model
 
 KV_CACHE_MEMORY = 768 * 2**20
 

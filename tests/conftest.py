@@ -5,11 +5,28 @@ import httpx
 import openai
 import pytest
 
-from tests.live_server import API_KEY, RUNNING, RunningServer, start_server
+from tests.live_server import API_KEY, COMMON_ARGS, RUNNING, RunningServer, start_server
 from tokenmill import LLM
 from tokenmill.model.default import default_model_path
+from tokenmill.runner.model_runner import ModelRunner
 
 _llms: dict[tuple, LLM] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--enforce-eager", action="store_true",
+                     help="run every engine and server of the suite eagerly: no captured decode steps")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def eager_when_asked(request) -> Iterator[None]:
+    if not request.config.getoption("--enforce-eager"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelRunner, "enable_decode_graphs", lambda self, max_model_len: None)
+        COMMON_ARGS.append("--enforce-eager")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +41,7 @@ def make_llm() -> Callable[..., LLM]:
     def make(**kwargs) -> LLM:
         key = tuple(sorted(kwargs.items()))
         if key not in _llms:
-            kwargs.setdefault("kv_cache_memory", 256 * 2**20)
-            _llms[key] = LLM(dtype="float32", **kwargs)
+            _llms[key] = LLM(**{"dtype": "float32", "kv_cache_memory": 256 * 2**20, **kwargs})
         return _llms[key]
 
     return make

@@ -71,13 +71,17 @@ class RunningServer:
         assert "Application shutdown complete" in log and "leaked" not in log, log[-3000:]
 
 
+# Flags every test server gets (conftest adds --enforce-eager when the suite runs with it).
+COMMON_ARGS: list[str] = []
+
+
 def start_server(tmp_dir: Path, *args: str) -> RunningServer:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_dir / f"server-{port}.log"
     command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), "--api-key", API_KEY,
-               "--kv-cache-memory", str(256 * 2**20), *args]
+               "--kv-cache-memory", str(256 * 2**20), *COMMON_ARGS, *args]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
     server = RunningServer(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 300

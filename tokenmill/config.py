@@ -31,6 +31,7 @@ class ModelConfig:
     attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
     quantization: str = "none"  # one of QUANTIZATION_CHOICES
     quantization_group_size: int = 32  # int4: input channels that share one scale and offset
+    enforce_eager: bool = False  # True: no captured decode steps (runner/step_graph.py), every step eager
 
     def __post_init__(self) -> None:
         import torch
@@ -42,9 +43,24 @@ class ModelConfig:
         group = self.quantization_group_size
         if group < 16 or group % 16:
             raise ValueError(f"quantization_group_size must be a positive multiple of 16, got {group}")
-        if self.quantization != "none" and self.dtype != torch.float32:
-            raise ValueError(f"quantization {self.quantization!r} runs with float32 activations; "
-                             f"use dtype float32 (or auto), not {self.dtype}")
+        if self.quantization != "none" and self.activation_dtype != torch.float32:
+            raise ValueError(f"quantization {self.quantization!r} runs with float32 activations; use dtype "
+                             f"float32 (or auto), or bfloat16 on the CPU, not {self.dtype} on {self.device}")
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """The residual stream's, the attention's and the KV cache's dtype. On the CPU, bfloat16 means
+        bfloat16 matrix products of many rows around float32 activations (model/bf16_products.py):
+        the CPU's attention and elementwise kernels are float32, and they are not where time goes."""
+        import torch
+
+        return torch.float32 if self.bf16_products else self.dtype
+
+    @property
+    def bf16_products(self) -> bool:
+        import torch
+
+        return self.device.type == "cpu" and self.dtype == torch.bfloat16
 
     @staticmethod
     def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -217,6 +233,7 @@ class EngineConfig:
         quantization: str | None = None,
         quantization_group_size: int = ModelConfig.quantization_group_size,
         speculative_config: dict | None = None,
+        enforce_eager: bool = ModelConfig.enforce_eager,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model."""
         from tokenmill.model.default import default_model_path
@@ -230,6 +247,7 @@ class EngineConfig:
             attention_backend=attention_backend,
             quantization=quantization or "none",
             quantization_group_size=quantization_group_size,
+            enforce_eager=enforce_eager,
         )
         speculative = SpeculativeConfig.from_dict(speculative_config) if speculative_config else None
         return cls(

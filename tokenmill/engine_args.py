@@ -50,6 +50,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'; '
                              'methods: ngram, draft, heads, ngram_heads')
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="run every step eagerly: no captured and replayed decode steps (for debugging)")
     parser.add_argument("--draft-layers", type=int, default=None,
                         help="speculate with a self-draft made of the model's first N layers (method draft)")
 
@@ -80,7 +82,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
         enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
-        speculative_config=_speculative_config(args),
+        speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
     )  # fmt: skip
 
 

@@ -21,6 +21,6 @@ def test_quality_prints_the_table_and_writes_every_figure(engines, monkeypatch, 
     assert [float32["precision"], bfloat16["precision"]] == ["float32", "bfloat16"]
     assert float32["mean_kl"] == 0 and float32["top1_agreement"] == 1 and bfloat16["mean_kl"] > 0
     assert float32["num_positions"] == bfloat16["num_positions"] == 2 * 63
-    assert bfloat16["weight_bytes"] * 2 == float32["weight_bytes"]
-    assert bfloat16["kv_bytes_per_token"] * 2 == float32["kv_bytes_per_token"]
+    assert bfloat16["weight_bytes"] < 0.75 * float32["weight_bytes"]  # the matrices in two bytes a weight
+    assert bfloat16["kv_bytes_per_token"] == float32["kv_bytes_per_token"]  # on the CPU the KV stays float32
     assert float32["perplexity"] > 1

@@ -8,7 +8,7 @@ import torch
 
 from tests.kernels.paged_inputs import HAS_AVX512, NATIVE, dequantized, quantized, random_batch, random_kv, strided_q
 from tokenmill.attention.cpu_backend import CpuAttentionBackend
-from tokenmill.kernels.paged_attention import write_int8
+from tokenmill.kernels.paged_attention import write_kv
 from tokenmill.attention.base import AttentionBackend, KVCacheView, kv_block_views
 from tokenmill.quant.tensor import symmetric_int8
 from tokenmill.attention.torch_backend import TorchAttentionBackend
@@ -48,7 +48,8 @@ def test_quantizing_rounds_each_element_to_the_nearest_step_of_its_tokens_scale(
 
 
 @pytest.mark.skipif(NATIVE is None, reason="no C compiler for the cpu attention kernel")
-def test_the_c_write_stores_the_same_bits_as_the_torch_write():
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float32])
+def test_the_c_write_stores_the_same_bits_as_the_torch_write(dtype):
     gen = torch.Generator().manual_seed(1)
     num_blocks, num_tokens = 40, 300
     # k and v as the model passes them: views into the fused q/k/v projection, rows strided.
@@ -57,14 +58,17 @@ def test_the_c_write_stores_the_same_bits_as_the_torch_write():
     k = qkv[:, HEADS * HEAD_DIM : (HEADS + KV_HEADS) * HEAD_DIM].view(-1, KV_HEADS, HEAD_DIM)
     v = qkv[:, (HEADS + KV_HEADS) * HEAD_DIM :].view(-1, KV_HEADS, HEAD_DIM)
     slots = torch.randperm(num_blocks * BLOCK_SIZE, generator=gen)[:num_tokens]
-    pools = [torch.zeros(2, num_blocks, KV_HEADS * HEAD_DIM * BLOCK_SIZE, dtype=torch.int8) for _ in range(2)]
-    scales = [torch.zeros(2, num_blocks, KV_HEADS * BLOCK_SIZE) for _ in range(2)]
+    pools = [torch.zeros(2, num_blocks, KV_HEADS * HEAD_DIM * BLOCK_SIZE, dtype=dtype) for _ in range(2)]
+    scales = [torch.zeros(2, num_blocks, KV_HEADS * BLOCK_SIZE) if dtype == torch.int8 else None for _ in range(2)]
     by_torch, by_c = (kv_block_views(p, s, BLOCK_SIZE, KV_HEADS, HEAD_DIM) for p, s in zip(pools, scales))
 
     by_torch.write(k, v, slots // BLOCK_SIZE, slots % BLOCK_SIZE)
-    write_int8(NATIVE, by_c, k, v, slots // BLOCK_SIZE, slots % BLOCK_SIZE)
-    assert torch.equal(pools[0], pools[1]) and torch.equal(scales[0], scales[1])
-    assert pools[0].abs().amax() == 127  # the write reached the pool
+    write_kv(NATIVE, by_c, k, v, slots // BLOCK_SIZE, slots % BLOCK_SIZE)
+    assert torch.equal(pools[0], pools[1])
+    if dtype == torch.int8:
+        assert torch.equal(scales[0], scales[1]) and pools[0].abs().amax() == 127  # the write reached the pool
+    else:
+        torch.testing.assert_close(pools[0].abs().sum(), k.abs().sum() + v.abs().sum())  # every value landed
 
 
 def test_int8_attention_matches_float64_attention(backend):

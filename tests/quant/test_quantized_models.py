@@ -86,7 +86,7 @@ def test_bad_quantization_options_are_clear(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         LLM(quantization="int4", quantization_group_size=40)
     with pytest.raises(ValueError, match="float32"):
-        LLM(quantization="int8", dtype="bfloat16")
+        LLM(quantization="int8", dtype="float16")
     with pytest.raises(ValueError, match="GGUF file"):
         LLM(tmp_path, quantization="gguf")
     with pytest.raises(ValueError, match="quantization must be one of"):

@@ -1,7 +1,7 @@
-"""The `cpu` attention backend: the C kernel (tokenmill/kernels/paged_attention.py) reads every
-sequence's K and V from their blocks in place, decode rows and prefill chunks alike, in one call
-per layer; float32 blocks, or int8 ones dequantized inside the kernel, which also quantizes each
-step's new K and V into them."""
+"""The `cpu` attention backend: the C kernels (tokenmill/kernels/paged_attention.py) write each
+step's new K and V into their slots and read every sequence's K and V from their blocks in place,
+decode rows and prefill chunks alike, one call per layer for each; float32 blocks, or int8 ones
+quantized as they are written and dequantized as they are read."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenmill.attention.base import AttentionBatch, KVCacheView
-from tokenmill.kernels.paged_attention import PagedAttentionKernels, run_kernel, write_int8
+from tokenmill.kernels.paged_attention import PagedAttentionKernels, run_kernel, write_kv
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,7 @@ class CpuAttentionPlan:
     kernels: PagedAttentionKernels
 
     def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
-        b = self.batch
-        if kv.key_scales is None:
-            kv.write(k, v, b.slot_blocks, b.slot_offsets)
-        else:
-            write_int8(self.kernels, kv, k, v, b.slot_blocks, b.slot_offsets)
+        write_kv(self.kernels, kv, k, v, self.batch.slot_blocks, self.batch.slot_offsets)
 
     def attend(self, q: torch.Tensor, kv: KVCacheView) -> torch.Tensor:
         b = self.batch

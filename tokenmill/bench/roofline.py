@@ -8,6 +8,7 @@ to the next better than absolute times do.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from tokenmill.engine.engine import LLMEngine
 from tokenmill.eval.quality import kv_bytes_per_token, weight_bytes
+from tokenmill.kernels.launch import Recording
 from tokenmill.llm import LLM
 from tokenmill.sampling_params import SamplingParams
 
@@ -40,6 +42,19 @@ class StepFraction:
     @property
     def fraction(self) -> float:
         return self.floor_s / self.seconds
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A decode step's time, and the part of it spent inside its C kernel calls: the rest is the
+    fixed cost around them (Python, dispatch, input preparation, sampling, the engine's bookkeeping)."""
+
+    seconds: float
+    kernel_seconds: float
+
+    @property
+    def fixed_share(self) -> float:
+        return 1 - self.kernel_seconds / self.seconds
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -87,6 +102,24 @@ def decode_step(llm: LLM, limits: MachineLimits, context: int, num_tokens: int) 
     kv_read = kv_bytes_per_token(engine) * (context + num_tokens / 2)  # the mean context while decoding
     work = weight_bytes(engine.runner.model) + kv_read
     return StepFraction(f"decode, batch 1, context {context}", seconds, work, work / (limits.read_gb_s * 1e9))
+
+
+def decode_step_cost(llm: LLM, context: int, num_tokens: int) -> StepCost:
+    """Single-stream decode after a prompt of `context` tokens, the engine's steps timed one by one
+    with their kernel calls (replayed ones too; tokenmill/kernels/launch.py): medians of both."""
+    engine = llm.engine
+    prompt = [(7 * i + 2) % 1000 + 100 for i in range(context)]
+    engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=num_tokens, ignore_eos=True))
+    while not engine.step():  # the prompt, chunk by chunk, until its first token
+        pass
+    steps, kernels = [], []
+    while engine.has_unfinished_requests():
+        with Recording(timed=True) as recording:
+            start = time.perf_counter()
+            engine.step()
+            steps.append(time.perf_counter() - start)
+        kernels.append(sum(recording.seconds))
+    return StepCost(statistics.median(steps), statistics.median(kernels))
 
 
 def prefill_step(llm: LLM, limits: MachineLimits, num_tokens: int, precision: str) -> StepFraction:

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from tokenmill.bench.report import cpu_features, cpu_model
+from tokenmill.kernels.cpu_info import cpu_features, cpu_model
 from tokenmill.engine_args import add_engine_args, build_llm, model_name
 from tokenmill.sampling_params import SamplingParams
 
@@ -26,16 +26,19 @@ def add_roofline_command(kinds: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench_roofline(args: argparse.Namespace) -> int:
-    from tokenmill.bench.roofline import decode_step, measure_limits, prefill_step
+    from tokenmill.bench.roofline import decode_step, decode_step_cost, measure_limits, prefill_step
 
     llm = build_llm(args)
-    precision = str(llm.engine.runner.dtype).removeprefix("torch.")  # the activations' (and the products')
+    model_config = llm.engine.runner.model_config
+    precision = str(model_config.dtype).removeprefix("torch.")  # the products' of many rows
     _run_warm_up(llm)
     limits = measure_limits(args.read_bytes, ("float32", "bfloat16", "int8", precision))
     steps = [decode_step(llm, limits, args.context, args.decode_tokens),
              prefill_step(llm, limits, args.prefill_tokens, precision)]
+    cost = decode_step_cost(llm, args.context, args.decode_tokens)
     console.print(f"{cpu_model()} ({', '.join(cpu_features()) or 'no AVX2'}), {model_name(args)}, "
-                  f"activations {precision}, quantization {args.quantization}")
+                  f"products of many rows in {precision}, quantization {args.quantization}, "
+                  f"{'eager' if llm.engine.runner.decode_graphs is None else 'decode steps replayed'}")
     machine = Table(title="this machine, measured now", title_justify="left")
     for column in ("read GB/s", *(f"{p} GFLOP/s" for p in limits.gflop_s)):
         machine.add_column(column, justify="right")
@@ -49,6 +52,9 @@ def cmd_bench_roofline(args: argparse.Namespace) -> int:
         table.add_row(step.name, f"{1000 * step.seconds:.2f}", work, f"{1000 * step.floor_s:.2f}",
                       f"{100 * step.fraction:.0f}%")
     console.print(table)
+    console.print(f"decode step, batch 1 (medians): {1000 * cost.seconds:.2f} ms, of which "
+                  f"{1000 * cost.kernel_seconds:.2f} ms inside the C kernels; fixed cost around them "
+                  f"{1000 * (cost.seconds - cost.kernel_seconds):.2f} ms, {100 * cost.fixed_share:.0f}% of the step")
     return 0
 
 

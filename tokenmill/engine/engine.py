@@ -46,6 +46,8 @@ class LLMEngine:
         spec = config.speculative
         if spec is not None:
             self.runner.enable_speculation(spec, self.max_model_len)
+        elif not config.model.enforce_eager:
+            self.runner.enable_decode_graphs(self.max_model_len)
         self.speculative_method = None if spec is None else spec.method
         self._num_draft_tokens = self._num_accepted_tokens = 0
         self.requests: dict[str, Request] = {}

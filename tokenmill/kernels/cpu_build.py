@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loads libgomp, which the kernels link against)
 
+from tokenmill.kernels.cpu_info import cpu_flags
+
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
@@ -43,7 +45,7 @@ def load_library(name: str) -> ctypes.CDLL | None:
         logger.warning("no C compiler found: %s kernels fall back to PyTorch", name)
         return None
     sources = [(SOURCE_DIR / f"{name}.c").read_text(), *(h.read_text() for h in sorted(SOURCE_DIR.glob("*.h")))]
-    identity = [*sources, compiler, *FLAGS, platform.machine(), _cpu_flags()]  # -march=native: per CPU
+    identity = [*sources, compiler, *FLAGS, platform.machine(), " ".join(cpu_flags())]  # -march=native: per CPU
     key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}.so"
     if not path.exists():
@@ -54,12 +56,6 @@ def load_library(name: str) -> ctypes.CDLL | None:
             logger.warning("could not compile the %s kernel (%s): falling back to PyTorch\n%s", name, error, detail)
             return None
     return ctypes.CDLL(str(path))
-
-
-def _cpu_flags() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line for line in lines if line.startswith("flags")), "")
 
 
 def _compile(compiler: str, source: Path, target: Path) -> None:

@@ -1,6 +1,7 @@
 """csrc/fused_ops.c from Python: RMSNorm with its residual add, RoPE and SwiGLU's activation,
-each one C call, and the matrix product for a few rows. The layers use these on float32 CPU tensors once `FusedOps.load()` succeeds;
-tokenmill/model/layers.py holds the PyTorch versions, which the tests compare against."""
+each one C call, and the matrix product for a few rows (float32 or bfloat16 weights). The layers
+use these on float32 CPU tensors once `FusedOps.load()` succeeds; tokenmill/model/layers.py holds
+the PyTorch versions, which the tests compare against."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import ctypes
 import torch
 
 from tokenmill.kernels.cpu_build import load_library
+from tokenmill.kernels.launch import Kernel
 
 _i64, _ptr, _int, _float = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
 class FusedOps:
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._rms_norm = _bind(library.rms_norm_f32, [_ptr] * 4 + [_i64, _i64, _float, _int, _int])
-        self._rotary = _bind(library.rotary_f32, [_ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr] + [_i64] * 4 + [_int])
-        self._silu_and_mul = _bind(library.silu_and_mul_f32, [_ptr, _ptr, _i64, _i64, _int])
-        self._linear_few_rows = _bind(library.linear_few_rows_f32, [_ptr, _i64, _ptr, _ptr, _ptr] + [_i64] * 3 + [_int])
+        self._rms_norm = Kernel(library.rms_norm_f32, [_ptr] * 4 + [_i64, _i64, _float, _int, _int])
+        self._rotary = Kernel(library.rotary_f32, [_ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr] + [_i64] * 4 + [_int])
+        self._silu_and_mul = Kernel(library.silu_and_mul_f32, [_ptr, _ptr, _i64, _i64, _int])
+        few_rows = [_ptr, _i64, _ptr, _ptr, _ptr] + [_i64] * 3 + [_int]
+        self._linear_few_rows = {torch.float32: Kernel(library.linear_few_rows_f32, few_rows),
+                                 torch.bfloat16: Kernel(library.linear_few_rows_bf16, few_rows)}
 
     @classmethod
     def load(cls) -> FusedOps | None:
@@ -54,19 +58,16 @@ class FusedOps:
         return out
 
     def linear_few_rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-        """x @ weight.T (+ bias) for x [M, K] of a few rows, weight nn.Linear's [N, K]; None where the
-        kernel does not take the shapes (K a multiple of 16, N of 4, rows contiguous)."""
+        """x @ weight.T (+ bias) for float32 x [M, K] of a few rows, weight nn.Linear's [N, K] in float32
+        or bfloat16; None where the kernel does not take the shapes (K a multiple of 16, N of 4, rows
+        contiguous)."""
         rows, k = x.shape
         n = weight.shape[0]
-        if k % 16 or n % 4 or x.stride(1) != 1 or not weight.is_contiguous():
+        kernel = self._linear_few_rows.get(weight.dtype)
+        if kernel is None or k % 16 or n % 4 or x.stride(1) != 1 or not weight.is_contiguous():
             return None
         y = x.new_empty(rows, n)
-        self._linear_few_rows(x.data_ptr(), x.stride(0), weight.data_ptr(),
-                              None if bias is None else bias.data_ptr(), y.data_ptr(), rows, k, n,
-                              torch.get_num_threads())
+        kernel(x.data_ptr(), x.stride(0), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+               rows, k, n, torch.get_num_threads())
         return y
 
-
-def _bind(fn: ctypes._CFuncPtr, argtypes: list) -> ctypes._CFuncPtr:
-    fn.restype, fn.argtypes = None, argtypes
-    return fn

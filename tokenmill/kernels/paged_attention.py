@@ -1,6 +1,7 @@
 """Bindings of csrc/paged_attention.c, which reads every sequence's K and V from their
 blocks in place, decode rows and prefill chunks alike, in one call per layer; float32 blocks, or
-int8 ones dequantized inside the kernel, which also quantizes each step's new K and V into them."""
+int8 ones dequantized inside the kernel. Its writes store each step's new K and V in their slots
+(quantizing them for int8) in one call per layer."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import torch
 
 from tokenmill.attention.base import KVCacheView
 from tokenmill.kernels.cpu_build import load_library
+from tokenmill.kernels.launch import Kernel
 
 _i64, _ptr, _float, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
 
 
 @dataclass(frozen=True)
 class PagedAttentionKernels:
-    """The library's entry points: attention over a float32 pool or an int8 one, and the int8 write."""
+    """The library's entry points: attention over a float32 pool or an int8 one, and the writes."""
 
-    f32: ctypes._CFuncPtr
-    int8: ctypes._CFuncPtr
-    write_int8: ctypes._CFuncPtr
+    f32: Kernel
+    int8: Kernel
+    write_f32: Kernel
+    write_int8: Kernel
 
     @classmethod
     def load(cls) -> PagedAttentionKernels | None:
@@ -30,13 +33,13 @@ class PagedAttentionKernels:
 
     @classmethod
     def from_library(cls, library: ctypes.CDLL) -> PagedAttentionKernels:
-        kernels = cls(library.paged_attention_f32, library.paged_attention_int8, library.kv_write_int8)
-        kernels.f32.argtypes = [_ptr] * 7 + [_i64] * 7 + [_float, _int]
-        kernels.int8.argtypes = [_ptr] * 9 + [_i64] * 7 + [_float, _int]  # the f32 ones and the K and V scales
-        kernels.write_int8.argtypes = [_ptr, _ptr, _i64, _i64] + [_ptr] * 6 + [_i64] * 4
-        for kernel in (kernels.f32, kernels.int8, kernels.write_int8):
-            kernel.restype = None
-        return kernels
+        write = [_ptr, _ptr, _i64, _i64] + [_ptr] * 4
+        return cls(
+            Kernel(library.paged_attention_f32, [_ptr] * 7 + [_i64] * 7 + [_float, _int]),
+            Kernel(library.paged_attention_int8, [_ptr] * 9 + [_i64] * 7 + [_float, _int]),  # + K and V scales
+            Kernel(library.kv_write_f32, write + [_i64] * 4),
+            Kernel(library.kv_write_int8, write + [_ptr] * 2 + [_i64] * 4),
+        )
 
 
 def run_kernel(
@@ -60,19 +63,20 @@ def run_kernel(
     return out
 
 
-def write_int8(
+def write_kv(
     kernels: PagedAttentionKernels, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor,
     blocks: torch.Tensor, offsets: torch.Tensor,
 ) -> None:
-    """KVCacheView.write for an int8 cache in one C call, bit for bit (k, v: [T, KVH, D] float32)."""
-    assert kv.key_scales is not None and kv.value_scales is not None
+    """KVCacheView.write in one C call, bit for bit (k, v: [T, KVH, D] float32; int64 slots)."""
     k, v = _dense_heads(k), _dense_heads(v)
     _, num_kv_heads, head_dim, block_size = kv.keys.shape
-    kernels.write_int8(
-        k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), blocks.data_ptr(), offsets.data_ptr(),
-        kv.keys.data_ptr(), kv.values.data_ptr(), kv.key_scales.data_ptr(), kv.value_scales.data_ptr(),
-        k.shape[0], num_kv_heads, head_dim, block_size,
-    )  # fmt: skip
+    rows = [k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), blocks.data_ptr(), offsets.data_ptr(),
+            kv.keys.data_ptr(), kv.values.data_ptr()]
+    sizes = [k.shape[0], num_kv_heads, head_dim, block_size]
+    if kv.key_scales is None or kv.value_scales is None:
+        kernels.write_f32(*rows, *sizes)
+    else:
+        kernels.write_int8(*rows, kv.key_scales.data_ptr(), kv.value_scales.data_ptr(), *sizes)
 
 
 def _dense_heads(x: torch.Tensor) -> torch.Tensor:

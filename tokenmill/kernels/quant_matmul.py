@@ -7,6 +7,7 @@ import ctypes
 import torch
 
 from tokenmill.kernels.cpu_build import load_library
+from tokenmill.kernels.launch import Kernel
 from tokenmill.quant.packing import PackedWeight
 
 _i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -14,9 +15,7 @@ _i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 class QuantMatmul:
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._kernel = library.quant_matmul_f32
-        self._kernel.restype = None
-        self._kernel.argtypes = [_ptr, _i64] + [_ptr] * 5 + [_i64] * 4 + [_int, _int, _int]
+        self._kernel = Kernel(library.quant_matmul_f32, [_ptr, _i64] + [_ptr] * 5 + [_i64] * 4 + [_int, _int, _int])
         # Where the CPU has integer dot products (AVX-512 VNNI), 4-bit weights meet activations
         # rounded to int16 per group; tests turn it off to check the float path too.
         self.integer_path_for_int4 = bool(library.quant_matmul_has_integer_path())

@@ -17,25 +17,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenmill.model.bf16_products import BATCHED_ROWS, Bf16Product, takes
+
 if TYPE_CHECKING:
     from tokenmill.kernels.fused_ops import FusedOps
     from tokenmill.quant.tensor import QuantizedTensor
 
 
-FEW_ROWS = range(3, 17)  # where the C kernel beats BLAS (one or two rows: BLAS's vector product)
+FEW_ROWS = range(1, BATCHED_ROWS)  # where the C kernel beats BLAS: it reads the weight once for all the rows
 
 
 class Linear(nn.Linear):
     """nn.Linear; where `fused` is bound, products of a few rows (a small batch's decode, a few
-    speculative tokens' verification) run in the C kernel, which reads the weights only once."""
+    speculative tokens' verification) run in the C kernel, which reads the weights only once;
+    where `bf16_product` is bound, products of many rows run in bfloat16 (model/bf16_products.py)."""
 
     fused: FusedOps | None = None
+    bf16_product: Bf16Product | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if takes(self.bf16_product, x):
+            return self.bf16_product(x)
         if self.fused is not None and x.dim() == 2 and x.shape[0] in FEW_ROWS:
             y = self.fused.linear_few_rows(x, self.weight, self.bias)
             if y is not None:
                 return y
+        if self.bf16_product is not None:  # a bfloat16 weight, and a shape the C kernel does not take
+            return self.bf16_product(x)
         return super().forward(x)
 
 

@@ -75,10 +75,13 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan, num_layers: int | None = None
+        self, input_ids: torch.Tensor | None, positions: torch.Tensor, plan: AttentionPlan,
+        num_layers: int | None = None, inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """num_layers: only the first ones (a self-draft), their output normed as the last layer's is."""
-        x, residual = self.embed_tokens(input_ids), None
+        """num_layers: only the first ones (a self-draft), their output normed as the last layer's is.
+        inputs_embeds: the tokens already embedded, in place of input_ids."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        residual = None
         for layer in self.layers[:num_layers]:
             x, residual = layer(positions, x, residual, plan)
         return self.norm(x, residual)[0]
@@ -96,9 +99,10 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan, num_layers: int | None = None
+        self, input_ids: torch.Tensor | None, positions: torch.Tensor, plan: AttentionPlan,
+        num_layers: int | None = None, inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(input_ids, positions, plan, num_layers)
+        return self.model(input_ids, positions, plan, num_layers, inputs_embeds)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from tokenmill.config import ModelConfig
+from tokenmill.kernels.cpu_info import has_bf16_dot_products
 from tokenmill.kernels.quant_matmul import QuantMatmul
 from tokenmill.model.arch_config import ArchConfig
+from tokenmill.model.bf16_products import enable_bf16_products
 from tokenmill.model.gguf_file import read_gguf
 from tokenmill.model.registry import build_model
 from tokenmill.model.tokenizer import Tokenizer
@@ -55,7 +57,12 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         install_quantized(model, quantized, kernel)
     elif cfg.quantization in ("int8", "int4"):
         quantize_model(model, cfg.quantization, cfg.quantization_group_size, kernel)
-    model = model.to(device=cfg.device, dtype=cfg.dtype).eval().requires_grad_(False)
+    model = model.to(device=cfg.device, dtype=cfg.activation_dtype).eval().requires_grad_(False)
+    if cfg.bf16_products:
+        if not has_bf16_dot_products():
+            logger.warning("this CPU has no bfloat16 dot products (AVX-512 BF16 or AMX): bfloat16 products "
+                           "run emulated, slower than float32 (dtype float32 is faster here)")
+        enable_bf16_products(model)
     logger.info("loaded %s (%s, %s, quantization %s) in %.1f s", path.name, arch.architecture, cfg.dtype,
                 cfg.quantization, time.monotonic() - start)
     return LoadedModel(model, arch, tokenizer)

@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokenmill.kernels.quant_matmul import QuantMatmul
+from tokenmill.model.bf16_products import Bf16Product, takes
 from tokenmill.quant.packing import PackedWeight
 
 
 class QuantLinear(nn.Module):
+    bf16_product: Bf16Product | None = None  # products of many rows in bfloat16, where bound
+
     def __init__(self, weight: PackedWeight, bias: torch.Tensor | None, kernel: QuantMatmul | None) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.in_features, weight.out_features
@@ -36,6 +39,8 @@ class QuantLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if takes(self.bf16_product, x):
+            return self.bf16_product(x)
         if self.kernel is not None and x.device.type == "cpu" and x.dtype == torch.float32:
             return self.kernel(x, self.packed, self.bias)
         bias = None if self.bias is None else self.bias[: self.out_features]

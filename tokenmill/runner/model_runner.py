@@ -22,6 +22,7 @@ from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_
 from tokenmill.runner.input_batch import InputBatch, RunnerSequence
 from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.sampler import Sampler
+from tokenmill.runner.step_graph import DecodeGraphs
 from tokenmill.speculative.speculator import ProposalInput, Speculator
 from tokenmill.speculative.verify import accept_greedy, accept_sampled
 
@@ -33,13 +34,13 @@ class ModelRunner:
         self.model = loaded.model
         self.arch = loaded.arch
         self.model_config = model_config
-        self.device, self.dtype = model_config.device, model_config.dtype
+        self.device, self.dtype = model_config.device, model_config.activation_dtype
         self.block_size = cache_config.block_size
         if self.device.type == "cpu":
             return_freed_memory()
             keep_activations_on_heap()
         start = time.monotonic()
-        kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, model_config.dtype)
+        kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, self.dtype)
         self.kv_size = size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device)
         self.num_blocks = size.num_blocks
         self.kv_cache, self.kv_scales = allocate_kv_cache(self.arch, self.num_blocks, self.block_size, kv_dtype,
@@ -47,13 +48,14 @@ class ModelRunner:
         self._bind_kv_cache()
         logger.info("allocated the %s KV cache in %.2f s", kv_dtype, time.monotonic() - start)
         self.attention = select_attention_backend(
-            model_config.attention_backend, self.device, model_config.dtype, self.arch.num_queries_per_kv
+            model_config.attention_backend, self.device, self.dtype, self.arch.num_queries_per_kv
         )
         logger.info("attention backend: %s", self.attention.name)
         self._bind_fused_ops()
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
         self.input_batch = InputBatch(self.device)
         self.speculator: Speculator | None = None
+        self.decode_graphs: DecodeGraphs | None = None
 
     def _bind_kv_cache(self) -> None:
         """Gives each attention layer its views of the pool (and, for int8, of the scales)."""
@@ -75,15 +77,17 @@ class ModelRunner:
 
         self.speculator = Speculator(config, max_model_len, make_proposer(config, self))
 
+    def enable_decode_graphs(self, max_model_len: int) -> None:
+        """Captures decode steps and replays them (runner/step_graph.py) where every kernel is a C one."""
+        if self.device.type == "cpu" and self.attention.name == "cpu":
+            self.decode_graphs = DecodeGraphs(self.model, self.attention, max_model_len, self.block_size)
+
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
-        hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
-        prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)
-        if not batch.sampled_seqs:
+        logits, rows, prompt_logprobs, hidden_states = self._forward(batch)
+        if logits is None:
             return RunnerOutput(prompt_logprobs=prompt_logprobs, hidden_states=hidden_states)
-        rows = hidden.index_select(0, batch.logits_indices)
-        logits = self.model.compute_logits(rows)
         if len(logits) == len(batch.sampled_seqs):  # no proposals this step
             sampled = self.sampler(logits, batch.sampled_seqs)
             token_ids, logprobs = [[t] for t in sampled.token_ids], sampled.logprobs
@@ -98,7 +102,19 @@ class ModelRunner:
             prompt_logprobs=prompt_logprobs, hidden_states=hidden_states,
         )  # fmt: skip
 
-    def _speculate(self, seqs: list[RunnerSequence], token_ids: list[list[int]], rows: torch.Tensor,
+    def _forward(self, batch: ModelInput) -> tuple[torch.Tensor | None, torch.Tensor | None, dict, dict]:
+        """The logits of the rows to sample (None if none) and their hidden states (None where a
+        replayed decode step computed them), and the prompt rows asked for."""
+        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
+            return self.decode_graphs.logits(batch), None, {}, {}
+        hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
+        prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)
+        if not batch.sampled_seqs:
+            return None, None, prompt_logprobs, hidden_states
+        rows = hidden.index_select(0, batch.logits_indices)
+        return self.model.compute_logits(rows), rows, prompt_logprobs, hidden_states
+
+    def _speculate(self, seqs: list[RunnerSequence], token_ids: list[list[int]], rows: torch.Tensor | None,
                    num_logits: list[int]) -> tuple[SpecDecodeCounts, dict[int, list[int]]]:
         """Verification's tally, and proposals for the next step from the tokens just produced."""
         speculator = self.speculator

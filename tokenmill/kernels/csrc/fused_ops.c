@@ -70,17 +70,32 @@ void silu_and_mul_f32(const float *gate_up, float *out, int64_t rows, int64_t si
  * every weight. BLAS packs w for such shapes and reads it more than once: at four rows it takes
  * twice the time of one. Here w (nn.Linear's own layout) streams from memory once; each group of
  * W_ROWS weight rows meets every row of x in registers (ROWS at a time; the group stays in cache
- * for the next ROWS), one accumulator per pair, summed across its lanes at the end. */
+ * for the next ROWS), one accumulator per pair, summed across its lanes at the end. The weights
+ * are float32, or bfloat16 (dtype bfloat16 on the CPU), widened to float32 in registers: a
+ * bfloat16 is a float32's upper half. */
 
 typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 #define W_ROWS 4
 #define ROWS 6 /* 6 x 4 accumulators, 4 weight vectors and one of x: 29 of 32 vector registers */
-#define PREFETCH_FLOATS 1024 /* 4 KiB ahead of the weight stream: the hardware prefetcher lags it */
+#define PREFETCH_BYTES 4096 /* ahead of the weight stream: the hardware prefetcher lags it */
 #define INLINE static inline __attribute__((always_inline))
 
 INLINE f32x16 load16(const float *p) {
     f32x16 v;
     memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* 16 weights from element i of w, float32 or bfloat16 ones, as float32. */
+INLINE f32x16 load_weights(const void *w, int64_t i, int bf16) {
+    if (!bf16) return load16((const float *)w + i);
+    u16x16 half;
+    memcpy(&half, (const uint16_t *)w + i, sizeof half);
+    const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
+    f32x16 v;
+    memcpy(&v, &bits, sizeof v);
     return v;
 }
 
@@ -97,9 +112,10 @@ INLINE float lane_sum(f32x16 v) {
 }
 
 /* Rows m0..m0+R of y at outputs n0..n0+W_ROWS. */
-INLINE void few_rows_block(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t K,
-                           int64_t N, int R, int64_t m0, int64_t n0) {
+INLINE void few_rows_block(const float *x, int64_t ldx, const void *w, int bf16, const float *bias, float *y,
+                           int64_t K, int64_t N, int R, int64_t m0, int64_t n0) {
     const int C = W_ROWS;
+    const int64_t element_bytes = bf16 ? 2 : 4;
     f32x16 acc[ROWS][W_ROWS];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -109,8 +125,9 @@ INLINE void few_rows_block(const float *x, int64_t ldx, const float *w, const fl
         f32x16 wv[W_ROWS];
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
-            __builtin_prefetch(w + (n0 + c) * K + k + PREFETCH_FLOATS);
-            wv[c] = load16(w + (n0 + c) * K + k);
+            const int64_t i = (n0 + c) * K + k;
+            __builtin_prefetch((const char *)w + i * element_bytes + PREFETCH_BYTES);
+            wv[c] = load_weights(w, i, bf16);
         }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
@@ -124,16 +141,27 @@ INLINE void few_rows_block(const float *x, int64_t ldx, const float *w, const fl
 }
 
 #define ROWS_CASE(R) \
-    case R: few_rows_block(x, ldx, w, bias, y, K, N, R, m0, n0); break;
+    case R: few_rows_block(x, ldx, w, BF16, bias, y, K, N, R, m0, n0); break;
 
-/* K a multiple of 16, N of W_ROWS (the caller checks). */
+/* K a multiple of 16, N of W_ROWS (the caller checks); BF16 a constant, so each version is its own code. */
+#define FEW_ROWS_BODY                                                                                 \
+    _Pragma("omp parallel for num_threads(num_threads) schedule(static)")                             \
+    for (int64_t n0 = 0; n0 < N; n0 += W_ROWS)                                                        \
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {                                                    \
+            switch (M - m0 < ROWS ? M - m0 : ROWS) {                                                  \
+                ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)         \
+            }                                                                                         \
+        }
+
 void linear_few_rows_f32(const float *x, int64_t ldx, const float *w, const float *bias, float *y, int64_t M,
                          int64_t K, int64_t N, int num_threads) {
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t n0 = 0; n0 < N; n0 += W_ROWS)
-        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
-            switch (M - m0 < ROWS ? M - m0 : ROWS) {
-                ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)
-            }
-        }
+    enum { BF16 = 0 };
+    FEW_ROWS_BODY
+}
+
+/* The same with bfloat16 weights (uint16 bit patterns). */
+void linear_few_rows_bf16(const float *x, int64_t ldx, const uint16_t *w, const float *bias, float *y, int64_t M,
+                          int64_t K, int64_t N, int num_threads) {
+    enum { BF16 = 1 };
+    FEW_ROWS_BODY
 }

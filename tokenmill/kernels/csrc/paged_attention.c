@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "fast_exp.h"
 
@@ -286,6 +287,22 @@ void paged_attention_int8(const float *q, const int8_t *k_cache, const int8_t *v
     const Problem p = {q, k_cache, v_cache, k_scales, v_scales, block_tables, query_start, seq_lens, out,
                        q_stride, max_blocks, num_heads, num_kv_heads, head_dim, block_size, scale};
     attend_all(&p, num_seqs, num_threads);
+}
+
+/* Copies a step's new keys and values (k, v: [T, KVH, D], rows k_stride and v_stride apart) into
+ * their slots of a float32 pool, laid out as in Problem. One thread, as kv_write_int8. */
+void kv_write_f32(const float *k, const float *v, int64_t k_stride, int64_t v_stride, const int64_t *slot_blocks,
+                  const int64_t *slot_offsets, float *k_cache, float *v_cache, int64_t num_tokens,
+                  int64_t num_kv_heads, int64_t head_dim, int64_t block_size) {
+    const int64_t D = head_dim, BS = block_size;
+    for (int64_t i = 0; i < num_tokens; i++)
+        for (int64_t h = 0; h < num_kv_heads; h++) {
+            const int64_t block_head = slot_blocks[i] * num_kv_heads + h, offset = slot_offsets[i];
+            float *k_slot = k_cache + block_head * D * BS + offset; /* keys transposed: BS apart */
+            const float *k_row = k + i * k_stride + h * D;
+            for (int64_t d = 0; d < D; d++) k_slot[d * BS] = k_row[d];
+            memcpy(v_cache + block_head * D * BS + offset * D, v + i * v_stride + h * D, D * sizeof(float));
+        }
 }
 
 /* A token's head_dim values x as int8 at out[0], out[stride], ...: scale = max |x| / 127 and

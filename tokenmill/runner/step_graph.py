@@ -1,0 +1,149 @@
+"""Decode steps captured once per batch size and replayed: the CPU's counterpart of CUDA graphs.
+
+A decode step of the default model makes about 250 kernel calls, and around each the layers'
+Python (module calls, views, allocations, argument conversion) costs as much again as a small
+kernel's work. So the first decode step of each batch size runs the model as usual, on static
+input buffers, while tokenmill/kernels/launch.py records every C call it makes with its converted
+arguments and the tensors it allocates are kept; later steps of that size copy their inputs into
+the buffers and replay the calls, with no Python between them. The model stays plain PyTorch:
+capture only watches it run.
+
+A step can be captured only if every operation that computes is a recorded kernel; the model's
+own torch calls must be views, metadata and allocations, which a TorchFunctionMode checks while
+capturing. Where anything else runs (a PyTorch matrix product for shapes the C kernels do not
+take, an embedding lookup inside the layers), that batch size stays eager. The embedding lookup
+runs before the replayed part, and sampling after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from tokenmill.attention.base import AttentionBackend, AttentionBatch
+from tokenmill.kernels.launch import Call, Recording, replay
+from tokenmill.runner.batch import ModelInput
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_SIZE = 16  # past this, a step's kernels dwarf its overhead, and matrix products move to BLAS
+METADATA = {"data_ptr", "dim", "stride", "size", "numel", "is_contiguous", "shape.__get__", "dtype.__get__",
+            "device.__get__"}  # fmt: skip
+ALLOCATIONS = {"torch.empty", "torch.empty_like", "torch.Tensor.new_empty"}
+
+
+@dataclass
+class _Graph:
+    calls: list[Call]
+    inputs: dict[str, torch.Tensor]  # embeds, positions and the attention batch's tensors
+    logits: torch.Tensor
+    memory: list[torch.Tensor]  # every tensor the recorded calls read or write
+
+
+class DecodeGraphs:
+    """Captures and replays decode-only steps of 1..MAX_BATCH_SIZE sequences over `model`."""
+
+    def __init__(self, model: nn.Module, attention: AttentionBackend, max_model_len: int, block_size: int) -> None:
+        self.model, self.attention = model, attention
+        self.block_size = block_size
+        self.max_blocks = math.ceil(max_model_len / block_size)  # every table fits the captured width
+        self.graphs: dict[int, _Graph] = {}
+        self.eager_sizes: set[int] = set()  # batch sizes whose step cannot be captured
+
+    def can_run(self, batch: ModelInput) -> bool:
+        size = len(batch.sampled_seqs)
+        return (0 < size <= MAX_BATCH_SIZE and size not in self.eager_sizes and batch.attn.num_decode == size
+                and len(batch.input_ids) == size and not batch.prompt_rows
+                and batch.attn.block_tables.shape[1] <= self.max_blocks)  # fmt: skip
+
+    def logits(self, batch: ModelInput) -> torch.Tensor:
+        """The step's logits, [batch, vocab]; a static buffer, overwritten by the next step of its size."""
+        graph = self.graphs.get(len(batch.input_ids))
+        if graph is None:
+            return self._capture(batch)
+        _fill(graph.inputs, self.model.embed(batch.input_ids), batch)
+        replay(graph.calls)
+        return graph.logits
+
+    def _capture(self, batch: ModelInput) -> torch.Tensor:
+        """Runs the step eagerly on new static buffers, recording it; keeps it if nothing else computed."""
+        size = len(batch.input_ids)
+        embeds = self.model.embed(batch.input_ids)
+        inputs = _static_inputs(embeds, batch.attn, self.max_blocks)
+        _fill(inputs, embeds, batch)
+        plan = self.attention.plan(_attention_batch(inputs, batch.attn.block_size))
+        with Recording() as recording, _CaptureGuard() as guard:
+            hidden = self.model(None, inputs["positions"], plan, inputs_embeds=inputs["embeds"])
+            logits = self.model.compute_logits(hidden)
+        if guard.refusal is not None:
+            logger.info("decode steps of %d sequences stay eager: %s computes outside the kernels", size,
+                        guard.refusal)
+            self.eager_sizes.add(size)
+            return logits
+        self.graphs[size] = _Graph(recording.calls, inputs, logits, [*inputs.values(), *guard.allocated, logits])
+        logger.info("captured decode steps of %d sequences: %d kernel calls", size, len(recording.calls))
+        return logits
+
+
+class _CaptureGuard(TorchFunctionMode):
+    """Lets views, metadata and allocations through (keeping what was allocated) and notes the
+    first torch call that computes, which a replay of the kernels alone would skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocated: list[torch.Tensor] = []
+        self.refusal: str | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        result = func(*args, **(kwargs or {}))
+        name = resolve_name(func) or repr(func)
+        if name in ALLOCATIONS:
+            self.allocated.append(result)
+        elif name.removeprefix("torch.Tensor.") not in METADATA and not _is_view(result, args):
+            self.refusal = self.refusal or name
+        return result
+
+
+def _is_view(result: object, args: tuple) -> bool:
+    """Whether every tensor of the result shares the storage of the first argument (a view, a split,
+    or the tensor itself, as .contiguous() and .float() return where nothing changes)."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return False
+    tensors = result if isinstance(result, (tuple, list)) else (result,)
+    storage = args[0].untyped_storage().data_ptr()
+    return all(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == storage for t in tensors)
+
+
+def _static_inputs(embeds: torch.Tensor, attn: AttentionBatch, max_blocks: int) -> dict[str, torch.Tensor]:
+    size = len(embeds)
+    return {
+        "embeds": torch.empty_like(embeds),
+        "positions": torch.empty(size, dtype=torch.long),
+        "slot_blocks": torch.empty_like(attn.slot_blocks),
+        "slot_offsets": torch.empty_like(attn.slot_offsets),
+        "query_start": torch.arange(size + 1, dtype=torch.int32),  # one query a sequence
+        "seq_lens": torch.empty_like(attn.seq_lens),
+        "block_tables": torch.zeros(size, max_blocks, dtype=torch.int32),
+    }
+
+
+def _fill(inputs: dict[str, torch.Tensor], embeds: torch.Tensor, batch: ModelInput) -> None:
+    """Copies a step's inputs into the static buffers. Table entries past a sequence's own blocks
+    keep earlier ids, which the kernel never reads (it stops at the sequence's length)."""
+    attn = batch.attn
+    inputs["embeds"].copy_(embeds)
+    inputs["positions"].copy_(batch.positions)
+    inputs["slot_blocks"].copy_(attn.slot_blocks)
+    inputs["slot_offsets"].copy_(attn.slot_offsets)
+    inputs["seq_lens"].copy_(attn.seq_lens)
+    inputs["block_tables"][:, : attn.block_tables.shape[1]].copy_(attn.block_tables)
+
+
+def _attention_batch(inputs: dict[str, torch.Tensor], block_size: int) -> AttentionBatch:
+    return AttentionBatch(inputs["slot_blocks"], inputs["slot_offsets"], inputs["query_start"], inputs["seq_lens"],
+                          inputs["block_tables"], num_decode=len(inputs["seq_lens"]), block_size=block_size)
