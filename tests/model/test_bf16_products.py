@@ -10,11 +10,12 @@ from tokenmill.model.layers import Linear
 from tokenmill.quant.linear import QuantLinear
 
 
-def test_a_product_is_the_float64_product_of_its_bfloat16_operands_rounded_once():
+@pytest.mark.parametrize("prepack", [False, True])
+def test_a_product_is_the_float64_product_of_its_bfloat16_operands_rounded_once(prepack):
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(40, 576, generator=gen), torch.randn(1536, 576, generator=gen), torch.randn(1536, generator=gen)
     expected = x.bfloat16().double() @ w.bfloat16().double().T + b.bfloat16().double()
-    actual = Bf16Product(w, b)(x)
+    actual = Bf16Product(w, b, prepack)(x)
     assert actual.dtype == torch.float32
     # The float32 sum, rounded to bfloat16 once: within half a bfloat16 step (2^-9 relative) plus the
     # float32 accumulation's error.
@@ -29,7 +30,8 @@ def test_the_engine_multiplies_many_rows_in_bfloat16_and_few_on_its_own_weights(
     assert runner.kv_cache.dtype == torch.float32 and runner.attention.name == "cpu"
     layer = runner.model.model.layers[0].mlp.gate_up_proj
     assert isinstance(layer, QuantLinear if quantization else Linear) and layer.bf16_product is not None
-    assert layer.bf16_product.weight.dtype == torch.bfloat16
+    if quantization is None:
+        assert layer.weight.dtype == torch.bfloat16 and layer.bf16_product.weight.data_ptr() == layer.weight.data_ptr()
     gen = torch.Generator().manual_seed(1)
     many, few = torch.randn(BATCHED_ROWS, 576, generator=gen), torch.randn(BATCHED_ROWS - 1, 576, generator=gen)
     with torch.inference_mode():

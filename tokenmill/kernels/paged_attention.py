@@ -37,8 +37,8 @@ class PagedAttentionKernels:
         return cls(
             Kernel(library.paged_attention_f32, [_ptr] * 7 + [_i64] * 7 + [_float, _int]),
             Kernel(library.paged_attention_int8, [_ptr] * 9 + [_i64] * 7 + [_float, _int]),  # + K and V scales
-            Kernel(library.kv_write_f32, write + [_i64] * 4),
-            Kernel(library.kv_write_int8, write + [_ptr] * 2 + [_i64] * 4),
+            Kernel(library.kv_write_f32, write + [_i64] * 4 + [_int]),
+            Kernel(library.kv_write_int8, write + [_ptr] * 2 + [_i64] * 4 + [_int]),
         )
 
 
@@ -72,7 +72,7 @@ def write_kv(
     _, num_kv_heads, head_dim, block_size = kv.keys.shape
     rows = [k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), blocks.data_ptr(), offsets.data_ptr(),
             kv.keys.data_ptr(), kv.values.data_ptr()]
-    sizes = [k.shape[0], num_kv_heads, head_dim, block_size]
+    sizes = [k.shape[0], num_kv_heads, head_dim, block_size, torch.get_num_threads()]
     if kv.key_scales is None or kv.value_scales is None:
         kernels.write_f32(*rows, *sizes)
     else:

@@ -289,12 +289,15 @@ void paged_attention_int8(const float *q, const int8_t *k_cache, const int8_t *v
     attend_all(&p, num_seqs, num_threads);
 }
 
+#define PARALLEL_WRITE_TOKENS 64
+
 /* Copies a step's new keys and values (k, v: [T, KVH, D], rows k_stride and v_stride apart) into
- * their slots of a float32 pool, laid out as in Problem. One thread, as kv_write_int8. */
+ * their slots of a float32 pool, laid out as in Problem; threads as kv_write_int8. */
 void kv_write_f32(const float *k, const float *v, int64_t k_stride, int64_t v_stride, const int64_t *slot_blocks,
                   const int64_t *slot_offsets, float *k_cache, float *v_cache, int64_t num_tokens,
-                  int64_t num_kv_heads, int64_t head_dim, int64_t block_size) {
+                  int64_t num_kv_heads, int64_t head_dim, int64_t block_size, int num_threads) {
     const int64_t D = head_dim, BS = block_size;
+#pragma omp parallel for num_threads(num_threads) if (num_tokens >= PARALLEL_WRITE_TOKENS)
     for (int64_t i = 0; i < num_tokens; i++)
         for (int64_t h = 0; h < num_kv_heads; h++) {
             const int64_t block_head = slot_blocks[i] * num_kv_heads + h, offset = slot_offsets[i];
@@ -307,23 +310,35 @@ void kv_write_f32(const float *k, const float *v, int64_t k_stride, int64_t v_st
 
 /* A token's head_dim values x as int8 at out[0], out[stride], ...: scale = max |x| / 127 and
  * x ~ scale * int8, rounded half to even, which is torch's arithmetic in quant/tensor.py's
- * symmetric_int8 step for step, so the two write the same bits. */
+ * symmetric_int8 step for step (an IEEE division, not a multiply by the reciprocal), so the two
+ * write the same bits. */
 static inline float quantize_int8(const float *x, int64_t D, int8_t *out, int64_t stride) {
     float absmax = 0.0f;
     for (int64_t d = 0; d < D; d++) absmax = fmaxf(absmax, fabsf(x[d]));
     const float scale = absmax / 127.0f, divisor = fmaxf(scale, FLT_MIN); /* a zero vector stays zero */
-    for (int64_t d = 0; d < D; d++)
-        out[d * stride] = (int8_t)fminf(fmaxf(nearbyintf(x[d] / divisor), -127.0f), 127.0f);
+    int64_t d = 0;
+#ifdef __AVX512F__
+    const __m512 by = _mm512_set1_ps(divisor), low = _mm512_set1_ps(-127.0f), high = _mm512_set1_ps(127.0f);
+    for (; d + 16 <= D; d += 16) {
+        const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + d), by),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        int8_t lanes[16];
+        _mm_storeu_si128((__m128i *)lanes, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, low), high))));
+        for (int i = 0; i < 16; i++) out[(d + i) * stride] = lanes[i];
+    }
+#endif
+    for (; d < D; d++) out[d * stride] = (int8_t)fminf(fmaxf(nearbyintf(x[d] / divisor), -127.0f), 127.0f);
     return scale;
 }
 
 /* Quantizes a step's new keys and values (k, v: [T, KVH, D], rows k_stride and v_stride apart)
- * into their slots of an int8 pool and its scales, laid out as in Problem. One thread: a step's
- * few hundred rows take microseconds, less than waking a team would. */
+ * into their slots of an int8 pool and its scales, laid out as in Problem. A decode step's few
+ * rows take one thread (less than waking a team would cost); a prefill chunk's take all. */
 void kv_write_int8(const float *k, const float *v, int64_t k_stride, int64_t v_stride, const int64_t *slot_blocks,
                    const int64_t *slot_offsets, int8_t *k_cache, int8_t *v_cache, float *k_scales, float *v_scales,
-                   int64_t num_tokens, int64_t num_kv_heads, int64_t head_dim, int64_t block_size) {
+                   int64_t num_tokens, int64_t num_kv_heads, int64_t head_dim, int64_t block_size, int num_threads) {
     const int64_t D = head_dim, BS = block_size;
+#pragma omp parallel for num_threads(num_threads) if (num_tokens >= PARALLEL_WRITE_TOKENS)
     for (int64_t i = 0; i < num_tokens; i++)
         for (int64_t h = 0; h < num_kv_heads; h++) {
             const int64_t block_head = slot_blocks[i] * num_kv_heads + h, offset = slot_offsets[i];
