@@ -2,8 +2,10 @@
 
 from torch import nn
 
-from tokenmill.bench.roofline import StepFraction, prefill_flops
+from tokenmill.bench.roofline import StepFraction, prefill_flops, profile_decode
 from tokenmill.cli import main
+from tokenmill.eval.quality import kv_bytes_per_token
+from tokenmill.runner.sampler import Sampler
 
 
 def test_prefill_flops_count_every_decoder_weight_once_per_token(llm):
@@ -24,7 +26,20 @@ def test_a_step_at_its_floor_is_all_of_the_roofline():
 def test_the_command_measures_the_machine_and_both_steps(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # one line a row
     assert main(["bench", "roofline", "--read-bytes", str(64 << 20), "--context", "32", "--decode-tokens", "8",
-                 "--prefill-tokens", "64", "--kv-cache-memory", str(32 << 20)]) == 0
+                 "--prefill-tokens", "64", "--kv-cache-memory", str(32 << 20), "--long-context", "200", "--batch", "3",
+                 "--batch-context", "16"]) == 0
     out = capsys.readouterr().out
     assert "read GB/s" in out and "bfloat16 GFLOP/s" in out and "int8 GFLOP/s" in out
     assert "decode, batch 1, context 32" in out and "prefill, 64 tokens" in out and "%" in out
+    assert "1 x 32" in out and "3 x 16" in out and "1 x 200" in out  # the decode profiles
+
+
+def test_a_decode_profile_splits_the_step_and_leaves_the_engine_as_it_was(llm):
+    profile = profile_decode(llm, batch=2, context=20, num_tokens=6)
+    assert 0 < profile.attention_seconds < profile.kernel_seconds < profile.seconds
+    assert 0 < profile.sampler_seconds < profile.seconds and 0 < profile.forward_seconds < profile.seconds
+    assert 0 < profile.fixed_share < 1 and 0 < profile.host_share < 1
+    assert profile.kv_bytes == 2 * kv_bytes_per_token(llm.engine) * (20 + 3)
+    assert not llm.engine.has_unfinished_requests()  # its requests were ended
+    runner = llm.engine.runner
+    assert isinstance(runner.sampler, Sampler) and "_forward" not in vars(runner)  # the timers are gone

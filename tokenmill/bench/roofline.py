@@ -8,9 +8,10 @@ to the next better than absolute times do.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,16 +46,29 @@ class StepFraction:
 
 
 @dataclass(frozen=True)
-class StepCost:
-    """A decode step's time, and the part of it spent inside its C kernel calls: the rest is the
-    fixed cost around them (Python, dispatch, input preparation, sampling, the engine's bookkeeping)."""
+class DecodeProfile:
+    """Medians over the decode steps of `batch` sequences: where an engine step's time goes."""
 
-    seconds: float
-    kernel_seconds: float
+    batch: int
+    context: int  # prompt tokens before the first decode step
+    seconds: float  # the whole engine step
+    kernel_seconds: float  # inside its C kernel calls (replayed ones included)
+    attention_seconds: float  # of those, the attention kernel's
+    forward_seconds: float  # the model's forward and logits (C kernels, and PyTorch's products where used)
+    sampler_seconds: float
+    kv_bytes: float  # the KV the attention read per step (at the mean context)
 
     @property
     def fixed_share(self) -> float:
+        """Of the step, what is not kernel work: where every product is a C kernel (small batches),
+        the fixed cost around the kernels (Python, dispatch, input preparation, sampling, bookkeeping)."""
         return 1 - self.kernel_seconds / self.seconds
+
+    @property
+    def host_share(self) -> float:
+        """Of the step, what is outside the model: input preparation, sampling, the scheduler's and
+        the engine's bookkeeping."""
+        return 1 - self.forward_seconds / self.seconds
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -104,22 +118,59 @@ def decode_step(llm: LLM, limits: MachineLimits, context: int, num_tokens: int) 
     return StepFraction(f"decode, batch 1, context {context}", seconds, work, work / (limits.read_gb_s * 1e9))
 
 
-def decode_step_cost(llm: LLM, context: int, num_tokens: int) -> StepCost:
-    """Single-stream decode after a prompt of `context` tokens, the engine's steps timed one by one
-    with their kernel calls (replayed ones too; tokenmill/kernels/launch.py): medians of both."""
-    engine = llm.engine
-    prompt = [(7 * i + 2) % 1000 + 100 for i in range(context)]
-    engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=num_tokens, ignore_eos=True))
-    while not engine.step():  # the prompt, chunk by chunk, until its first token
-        pass
-    steps, kernels = [], []
-    while engine.has_unfinished_requests():
-        with Recording(timed=True) as recording:
-            start = time.perf_counter()
-            engine.step()
-            steps.append(time.perf_counter() - start)
-        kernels.append(sum(recording.seconds))
-    return StepCost(statistics.median(steps), statistics.median(kernels))
+def profile_decode(llm: LLM, batch: int, context: int, num_tokens: int) -> DecodeProfile:
+    """`batch` sequences decoding together after prompts of `context` tokens (no shared prefix), the
+    engine's steps timed one by one with their kernel calls, the model's forward and the sampler."""
+    engine, runner = llm.engine, llm.engine.runner
+    # Long enough that no sequence ends while later prompts are still being prefilled.
+    params = SamplingParams(temperature=0, max_tokens=engine.max_model_len - context, ignore_eos=True)
+    request_ids = [engine.add_request([(7 * i + 3 * seq + 2) % 1000 + 100 for i in range(context)], params)
+                   for seq in range(batch)]
+    started: set[str] = set()
+    while len(started) < batch:  # the prompts, chunk by chunk, until every sequence has its first token
+        started |= {out.request_id for out in engine.step() if out.samples}
+    steps: list[float] = []
+    kernels: list[float] = []
+    attention: list[float] = []
+    with _timed(runner, "_forward") as forward, _timed(runner, "sampler") as sampler:
+        for _ in range(num_tokens):
+            with Recording(timed=True) as recording:
+                start = time.perf_counter()
+                engine.step()
+                steps.append(time.perf_counter() - start)
+            kernels.append(sum(recording.seconds))
+            attention.append(sum(t for (_, _, name), t in zip(recording.calls, recording.seconds)
+                                 if name.startswith("paged_attention")))
+    for request_id in request_ids:
+        engine.abort_request(request_id)
+    median = statistics.median
+    # At least: a sequence that started decoding while later prompts were prefilled holds a few more.
+    kv_bytes = batch * kv_bytes_per_token(engine) * (context + num_tokens / 2)
+    return DecodeProfile(batch, context, median(steps), median(kernels), median(attention), median(forward),
+                         median(sampler), kv_bytes)
+
+
+@contextlib.contextmanager
+def _timed(owner: object, name: str) -> Iterator[list[float]]:
+    """Times every call of owner.name while open (one duration per call, in the list yielded)."""
+    function, seconds = getattr(owner, name), []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    own = name in vars(owner)  # an attribute of the instance (the sampler), or a method of its class
+    setattr(owner, name, timed)
+    try:
+        yield seconds
+    finally:
+        if own:
+            setattr(owner, name, function)
+        else:
+            delattr(owner, name)
 
 
 def prefill_step(llm: LLM, limits: MachineLimits, num_tokens: int, precision: str) -> StepFraction:

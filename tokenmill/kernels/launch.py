@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 _ArgType = type[ctypes._SimpleCData]
-Call = tuple[ctypes._CFuncPtr, tuple]
+Call = tuple[ctypes._CFuncPtr, tuple, str]  # the function, its converted arguments, its name
 _open = threading.local()  # .recordings: the Recordings open on this thread, innermost last
 
 
@@ -54,7 +54,7 @@ class Kernel:
     def __call__(self, *args: int | float | None) -> None:
         if len(args) != len(self._argtypes):
             raise TypeError(f"{self.name} takes {len(self._argtypes)} arguments, got {len(args)}")
-        _run((self._raw, tuple(kind(arg) for kind, arg in zip(self._argtypes, args))))
+        _run((self._raw, tuple(kind(arg) for kind, arg in zip(self._argtypes, args)), self.name))
 
 
 def replay(calls: Sequence[Call]) -> None:
@@ -62,7 +62,7 @@ def replay(calls: Sequence[Call]) -> None:
         for call in calls:
             _run(call)
         return
-    for function, args in calls:
+    for function, args, _ in calls:
         function(*args)
 
 
