@@ -50,7 +50,6 @@ class DecodeGraphs:
 
     def __init__(self, model: nn.Module, attention: AttentionBackend, max_model_len: int, block_size: int) -> None:
         self.model, self.attention = model, attention
-        self.block_size = block_size
         self.max_blocks = math.ceil(max_model_len / block_size)  # every table fits the captured width
         self.graphs: dict[int, _Graph] = {}
         self.eager_sizes: set[int] = set()  # batch sizes whose step cannot be captured
