@@ -4,7 +4,9 @@ The workload of offline_throughput.py (64 prompts of real English text, 100-600 
 output tokens each, EOS ignored), each prompt sent as one user message of a streaming chat
 request, at concurrency 1, 16 and 64. The same chat prompts also run through the offline engine
 (`LLM.generate`) in this process, alternating with the server at the highest concurrency over
-several rounds, so that the two are compared side by side on the same noisy machine.
+several rounds, so that the two are compared side by side on the same noisy machine; at
+concurrency 1 each request runs alone in the offline engine and then through the server, taking
+turns, for the time between tokens against the offline decode step.
 
     python benchmarks/serving.py [--rounds 3] [--concurrency 1 16 64] [--single-requests 4]
 """
@@ -69,7 +71,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine-args", default="",
                         help="engine options for the server and the offline engine alike, e.g. '--quantization gguf'")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.output_len < 2:
+        parser.error("--output-len must be >= 2 to measure the time between tokens")
+    return args
 
 
 # ---- the offline engine ----------------------------------------------------------------------------
@@ -83,6 +88,15 @@ def offline_round(llm, prompts: list[str], output_len: int) -> tuple[float, list
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
     return sum(len(o.outputs[0].token_ids) for o in outputs) / seconds, [o.outputs[0].text for o in outputs]
+
+
+def offline_decode_step(llm, prompt: str, output_len: int) -> float:
+    """Seconds per token after the first, for one request alone in the offline engine."""
+    from tokenmill import SamplingParams
+
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    output = llm.generate([prompt], params, use_tqdm=False)[0]
+    return output.metrics.decode_seconds_per_token(len(output.outputs[0].token_ids))
 
 
 # ---- the server ------------------------------------------------------------------------------------
@@ -149,11 +163,19 @@ def main() -> None:
             offline_tps.append(tps)
             console.print(f"round {round_}/{args.rounds}: server at concurrency {top} ...")
             top_levels.append(drive(url, workload, top))
-        levels = {}
+        levels, offline_steps = {}, []
         for c in sorted(set(args.concurrency) - {top}):
             requests = spread_subset(workload, args.single_requests) if c == 1 else workload
             console.print(f"server at concurrency {c}, {len(requests)} requests ...")
-            levels[c] = drive(url, requests, c)
+            if c == 1:  # each request alone, in the offline engine and then through the server, taking turns
+                singles = []
+                for request in requests:
+                    prompt = chat_prompts[workload.index(request)]
+                    offline_steps.append(offline_decode_step(llm, prompt, args.output_len))
+                    singles.append(drive(url, [request], 1))
+                levels[1] = LevelResult(1, sum(s.seconds for s in singles), [r for s in singles for r in s.requests])
+            else:
+                levels[c] = drive(url, requests, c)
     finally:
         process.terminate()
         process.wait(60)
@@ -176,6 +198,12 @@ def main() -> None:
         f"server text identical to the offline engine's on {identical}/{len(workload)} requests (greedy)",
         load_average_note(load_before),
     ]
+    if offline_steps:
+        step = statistics.median(offline_steps)
+        itl = percentile([x for r in levels[1].requests for x in r.itls], 50)
+        notes.insert(2, f"single stream: ITL p50 {1000 * itl:.2f} ms through the server against the offline engine's "
+                        f"decode step of {1000 * step:.2f} ms (median of the same {len(offline_steps)} requests, "
+                        f"each run alone, taking turns): {itl / step:.2f}x")
     for note in notes:
         console.print(f"[dim]{note}[/dim]")
     environment = {"date": datetime.date.today().isoformat(), "machine": f"{cpu_model()}, {os.cpu_count()} cores",

@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("--base", type=Path, required=True, help="the other source tree (e.g. a git worktree)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--args", default="",
+                        help="options for both trees' benchmark, e.g. --args='--concurrency 1 16'")
     parser.add_argument("--this-args", default="", help="options for this tree's benchmark only, e.g. a faster mode")
     args = parser.parse_args()
     trees = {"base": args.base.resolve(), "this": HERE}
@@ -89,7 +91,7 @@ def main() -> None:
         order = ["base", "this"] if round_ % 2 == 0 else ["this", "base"]
         for name in order:
             console.print(f"round {round_ + 1}/{args.rounds}: {args.benchmark} in {name} ({trees[name]}) ...")
-            extra = shlex.split(args.this_args) if name == "this" else []
+            extra = shlex.split(args.args) + (shlex.split(args.this_args) if name == "this" else [])
             results[name].append(run_round(trees[name], args.benchmark, extra))
     header = ["figure", "base (median)", "this (median)", "this / base", "base, every round", "this, every round"]
     rows = []
@@ -102,7 +104,8 @@ def main() -> None:
     commit = lambda tree: subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],  # noqa: E731
                                          capture_output=True, text=True).stdout.strip()
     console.print(f"{datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores; base {commit(trees['base'])}, "
-                  f"this {commit(HERE)} (with its uncommitted changes) {args.this_args}; {args.rounds} rounds each")
+                  f"this {commit(HERE)} (with its uncommitted changes) {args.this_args}; both {args.args}; "
+                  f"{args.rounds} rounds each")
     console.print("\n".join(markdown_table(header, rows)), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -22,6 +22,10 @@ class RequestMetrics:
     finished_time: float | None = None
     num_preemptions: int = 0
 
+    def decode_seconds_per_token(self, num_tokens: int) -> float:
+        """The mean time between a finished request's tokens after its first."""
+        return (self.finished_time - self.first_token_time) / (num_tokens - 1)
+
 
 @dataclass
 class CompletionOutput:

@@ -61,8 +61,10 @@ class DecodeProfile:
     @property
     def fixed_share(self) -> float:
         """Of the step, what is not kernel work: where every product is a C kernel (small batches),
-        the fixed cost around the kernels (Python, dispatch, input preparation, sampling, bookkeeping)."""
-        return 1 - self.kernel_seconds / self.seconds
+        the fixed cost around the kernels (Python, dispatch, input preparation, sampling, bookkeeping).
+        The kernels are timed one by one in other steps than the whole: where a replayed step runs them
+        faster than that (no timer between them), the share is taken as none."""
+        return max(0.0, 1 - self.kernel_seconds / self.seconds)
 
     @property
     def host_share(self) -> float:
@@ -112,7 +114,7 @@ def decode_step(llm: LLM, limits: MachineLimits, context: int, num_tokens: int) 
     token reads one row of it; the default model's is tied.)"""
     engine = llm.engine
     out = _run(llm, context, num_tokens, offset=0)
-    seconds = (out.metrics.finished_time - out.metrics.first_token_time) / (num_tokens - 1)
+    seconds = out.metrics.decode_seconds_per_token(num_tokens)
     kv_read = kv_bytes_per_token(engine) * (context + num_tokens / 2)  # the mean context while decoding
     work = weight_bytes(engine.runner.model) + kv_read
     return StepFraction(f"decode, batch 1, context {context}", seconds, work, work / (limits.read_gb_s * 1e9))
@@ -120,7 +122,7 @@ def decode_step(llm: LLM, limits: MachineLimits, context: int, num_tokens: int) 
 
 def profile_decode(llm: LLM, batch: int, context: int, num_tokens: int) -> DecodeProfile:
     """`batch` sequences decoding together after prompts of `context` tokens (no shared prefix), the
-    engine's steps timed one by one with their kernel calls, the model's forward and the sampler."""
+    engine's steps taking turns: one timed whole (its forward and sampler too), one with each kernel call timed."""
     engine, runner = llm.engine, llm.engine.runner
     # Long enough that no sequence ends while later prompts are still being prefilled.
     params = SamplingParams(temperature=0, max_tokens=engine.max_model_len - context, ignore_eos=True)
@@ -130,22 +132,28 @@ def profile_decode(llm: LLM, batch: int, context: int, num_tokens: int) -> Decod
     while len(started) < batch:  # the prompts, chunk by chunk, until every sequence has its first token
         started |= {out.request_id for out in engine.step() if out.samples}
     steps: list[float] = []
+    forward: list[float] = []
+    sampler: list[float] = []
     kernels: list[float] = []
     attention: list[float] = []
-    with _timed(runner, "_forward") as forward, _timed(runner, "sampler") as sampler:
-        for _ in range(num_tokens):
-            with Recording(timed=True) as recording:
-                start = time.perf_counter()
-                engine.step()
-                steps.append(time.perf_counter() - start)
-            kernels.append(sum(recording.seconds))
-            attention.append(sum(t for (_, _, name), t in zip(recording.calls, recording.seconds)
-                                 if name.startswith("paged_attention")))
+    # Steps taking turns: one as it runs (replayed in one C call), one with each kernel call timed.
+    for _ in range(num_tokens):
+        with _timed(runner, "_forward") as forward_seconds, _timed(runner, "sampler") as sampler_seconds:
+            start = time.perf_counter()
+            engine.step()
+            steps.append(time.perf_counter() - start)
+        forward += forward_seconds
+        sampler += sampler_seconds
+        with Recording(timed=True) as recording:
+            engine.step()
+        kernels.append(sum(recording.seconds))
+        attention.append(sum(t for (_, _, name), t in zip(recording.calls, recording.seconds)
+                             if name.startswith("paged_attention")))
     for request_id in request_ids:
         engine.abort_request(request_id)
     median = statistics.median
     # At least: a sequence that started decoding while later prompts were prefilled holds a few more.
-    kv_bytes = batch * kv_bytes_per_token(engine) * (context + num_tokens / 2)
+    kv_bytes = batch * kv_bytes_per_token(engine) * (context + num_tokens)  # 2 x num_tokens steps
     return DecodeProfile(batch, context, median(steps), median(kernels), median(attention), median(forward),
                          median(sampler), kv_bytes)
 

@@ -1,10 +1,11 @@
 """AsyncEngine: an engine core process seen from asyncio, as one stream of deltas per request.
 
 The core runs in a child process (as vLLM's engine core does), so HTTP parsing, JSON and SSE
-never take the interpreter from the step loop. Messages cross in multiprocessing queues: a put
-never blocks the event loop (a feeder thread writes the pipe), and a reader thread hands what
-the core sends to the event loop. There the output processor turns the core's token ids into
-text deltas, and a stop string it finds aborts that sample in the core.
+never take the interpreter from the step loop. Requests go in through a multiprocessing queue (a
+put never blocks the event loop: a feeder thread writes the pipe); what the core sends back comes
+through a pipe that the event loop itself watches, so each step's outputs cost no thread hand-off.
+There the output processor turns the core's token ids into text deltas, and a stop string it
+finds aborts that sample in the core. The pipe's end of file is the core's exit.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import asyncio
 import itertools
 import logging
 import multiprocessing as mp
-import queue
-import threading
 from collections.abc import AsyncIterator, Callable
 
 from tokenmill.config import EngineConfig
@@ -26,7 +25,7 @@ from tokenmill.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-_POLL_S = 0.5  # how often a waiting reader checks that the core is still alive
+_REAP_S = 1.0  # how long to wait for a core whose pipe ended to be reaped, for its exit code
 
 
 class EngineDeadError(RuntimeError):
@@ -46,49 +45,49 @@ class AsyncEngine:
                  on_step: Callable[[StepOutputs], None] | None = None) -> None:
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or torch state
         self._inbox: mp.Queue = ctx.Queue()
-        self._outbox: mp.Queue = ctx.Queue()
-        self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._outbox),
+        self._outbox, self._core_end = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._core_end),
                                     name="tokenmill-engine-core", daemon=True)
         self._streams: dict[str, asyncio.Queue[RequestDelta | Exception]] = {}
         self._processor = OutputProcessor(tokenizer)
         self._on_step = on_step
         self._ids = itertools.count()
         self._stopping = False
+        self._dead = False  # the pipe ended: the core is gone, even before the process is reaped
         self.stats = EngineStats(0, 0, 0.0, 0)
         self.max_model_len = 0
 
     @property
     def is_alive(self) -> bool:
-        return self._process.is_alive() and not self._stopping
+        return self._process.is_alive() and not (self._stopping or self._dead)
 
     async def start(self) -> None:
         """Starts the core and returns once its model is loaded."""
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._process.start()
-        ready = await self._loop.run_in_executor(None, self._wait_ready)
+        self._core_end.close()  # the core holds the writing end now: its exit ends the pipe
+        ready = await loop.run_in_executor(None, self._wait_ready)
         self.max_model_len = ready.max_model_len
-        self._reader = threading.Thread(target=self._read, name="tokenmill-engine-reader", daemon=True)
-        self._reader.start()
+        loop.add_reader(self._outbox.fileno(), self._read)
 
     def _wait_ready(self) -> CoreReady:
-        while True:
-            try:
-                return self._outbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not self._process.is_alive():
-                    raise EngineDeadError(f"the engine core exited while starting (exit code {self._process.exitcode})")
+        try:
+            return self._outbox.recv()
+        except (EOFError, OSError):
+            raise EngineDeadError(f"the engine core exited while starting (exit code {self._exit_code()})") from None
 
     def _read(self) -> None:
-        while True:
-            try:
-                message = self._outbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not self._process.is_alive():
-                    if not self._stopping:
-                        self._loop.call_soon_threadsafe(self._fail_all)
-                    return
-                continue
-            self._loop.call_soon_threadsafe(self._dispatch, message)
+        """One message from the core, run in the event loop when the pipe is readable (it fires
+        again while more are waiting, so streaming to clients goes on between messages)."""
+        try:
+            out = self._outbox.recv()
+        except (EOFError, OSError):
+            self._dead = True
+            asyncio.get_running_loop().remove_reader(self._outbox.fileno())
+            if not self._stopping:
+                self._fail_all()
+            return
+        self._dispatch(out)
 
     def _dispatch(self, out: StepOutputs) -> None:
         self.stats = out.stats
@@ -104,9 +103,13 @@ class AsyncEngine:
             self._on_step(out)
 
     def _fail_all(self) -> None:
-        logger.error("the engine core exited (exit code %s)", self._process.exitcode)
+        logger.error("the engine core exited (exit code %s)", self._exit_code())
         for stream in self._streams.values():
             stream.put_nowait(EngineDeadError("the engine core exited"))
+
+    def _exit_code(self) -> int | None:
+        self._process.join(_REAP_S)  # the pipe ends as the core exits, a moment before it can be reaped
+        return self._process.exitcode
 
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
@@ -147,8 +150,9 @@ class AsyncEngine:
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout)
-        if hasattr(self, "_reader"):
-            await asyncio.get_running_loop().run_in_executor(None, self._reader.join)
-        for q in (self._inbox, self._outbox):  # release their pipes and semaphores now, not at exit
-            q.close()
-            q.join_thread()
+        if not self._outbox.closed:
+            asyncio.get_running_loop().remove_reader(self._outbox.fileno())
+            self._outbox.close()
+        self._core_end.close()  # a no-op once start() has handed it over
+        self._inbox.close()  # release its pipe and semaphore now, not at exit
+        self._inbox.join_thread()

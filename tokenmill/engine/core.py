@@ -3,12 +3,14 @@
 The serving front end sends requests and aborts in; the core sends back, after every step, what
 each touched request gained (only the new token ids and logprobs: the front end makes the text)
 and the engine's load. The loop blocks on its inbox while idle and drains it between steps while
-busy, so no step waits for the front end and the front end never waits for a step.
+busy. Outputs go into a pipe whose buffer the OS keeps, so a step waits for the front end only
+when the front end has fallen a whole buffer behind, and the front end never waits for a step.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing.connection
 import multiprocessing.queues
 import os
 import queue
@@ -78,7 +80,7 @@ class StepOutputs:
 
 
 def run_engine_core(
-    config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.queues.Queue
+    config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.connection.Connection
 ) -> None:
     """The core process's main: builds the engine, reports ready, then serves until Shutdown."""
     from tokenmill.engine.engine import LLMEngine
@@ -86,7 +88,7 @@ def run_engine_core(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the front end, which sends Shutdown
     parent = os.getppid()
     engine = LLMEngine(config)
-    outbox.put(CoreReady(engine.max_model_len))
+    outbox.send(CoreReady(engine.max_model_len))
     while True:
         messages: list[AddRequest | AbortRequest | Shutdown] = []
         try:
@@ -101,7 +103,10 @@ def run_engine_core(
         rejected = [r for m in messages if (r := _handle(engine, m)) is not None]
         outputs = engine.step() if engine.has_unfinished_requests() else []
         if outputs or messages:
-            outbox.put(StepOutputs(outputs, engine.stats(), rejected))
+            try:
+                outbox.send(StepOutputs(outputs, engine.stats(), rejected))
+            except BrokenPipeError:
+                return  # the front end is gone
 
 
 def _handle(engine: LLMEngine, message: AddRequest | AbortRequest) -> RequestRejected | None:

@@ -38,11 +38,11 @@ def cache_dir() -> Path:
 
 
 @functools.cache
-def load_library(name: str) -> ctypes.CDLL | None:
-    """The compiled csrc/<name>.c, or None (logged) where no C compiler can build it."""
+def load_library(name: str, fallback: str = "PyTorch") -> ctypes.CDLL | None:
+    """The compiled csrc/<name>.c, or None (logged, naming what runs instead) where no C compiler can build it."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        logger.warning("no C compiler found: %s kernels fall back to PyTorch", name)
+        logger.warning("no C compiler found: %s kernels fall back to %s", name, fallback)
         return None
     sources = [(SOURCE_DIR / f"{name}.c").read_text(), *(h.read_text() for h in sorted(SOURCE_DIR.glob("*.h")))]
     identity = [*sources, compiler, *FLAGS, platform.machine(), " ".join(cpu_flags())]  # -march=native: per CPU
@@ -53,7 +53,8 @@ def load_library(name: str) -> ctypes.CDLL | None:
             _compile(compiler, SOURCE_DIR / f"{name}.c", path)
         except (OSError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", b"").decode(errors="replace")[-2000:]
-            logger.warning("could not compile the %s kernel (%s): falling back to PyTorch\n%s", name, error, detail)
+            logger.warning("could not compile the %s kernel (%s): falling back to %s\n%s", name, error, fallback,
+                           detail)
             return None
     return ctypes.CDLL(str(path))
 

@@ -5,7 +5,7 @@ Python (module calls, views, allocations, argument conversion) costs as much aga
 kernel's work. So the first decode step of each batch size runs the model as usual, on static
 input buffers, while tokenmill/kernels/launch.py records every C call it makes with its converted
 arguments and the tensors it allocates are kept; later steps of that size copy their inputs into
-the buffers and replay the calls, with no Python between them. The model stays plain PyTorch:
+the buffers and replay the calls as one C call, with no Python between them. The model stays plain PyTorch:
 capture only watches it run.
 
 A step can be captured only if every operation that computes is a recorded kernel; the model's
@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from tokenmill.attention.base import AttentionBackend, AttentionBatch
-from tokenmill.kernels.launch import Call, Recording, replay
+from tokenmill.kernels.launch import Program, Recording
 from tokenmill.runner.batch import ModelInput
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ ALLOCATIONS = {"torch.empty", "torch.empty_like", "torch.Tensor.new_empty"}
 
 @dataclass
 class _Graph:
-    calls: list[Call]
+    program: Program
     inputs: dict[str, torch.Tensor]  # embeds, positions and the attention batch's tensors
     logits: torch.Tensor
     memory: list[torch.Tensor]  # every tensor the recorded calls read or write
@@ -66,7 +66,7 @@ class DecodeGraphs:
         if graph is None:
             return self._capture(batch)
         _fill(graph.inputs, self.model.embed(batch.input_ids), batch)
-        replay(graph.calls)
+        graph.program.run()
         return graph.logits
 
     def _capture(self, batch: ModelInput) -> torch.Tensor:
@@ -84,8 +84,10 @@ class DecodeGraphs:
                         guard.refusal)
             self.eager_sizes.add(size)
             return logits
-        self.graphs[size] = _Graph(recording.calls, inputs, logits, [*inputs.values(), *guard.allocated, logits])
-        logger.info("captured decode steps of %d sequences: %d kernel calls", size, len(recording.calls))
+        program = Program(recording.calls)
+        self.graphs[size] = _Graph(program, inputs, logits, [*inputs.values(), *guard.allocated, logits])
+        logger.info("captured decode steps of %d sequences: %d kernel calls, replayed %s", size,
+                    len(program.calls), "in C" if program.in_c else "by ctypes")
         return logits
 
 

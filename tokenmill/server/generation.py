@@ -79,13 +79,15 @@ class RequestRun:
             async with aclosing(stream):
                 while True:
                     try:
-                        delta = await asyncio.wait_for(anext(stream), deadline - time.monotonic())
+                        # no task per token, unlike 3.11's wait_for
+                        async with asyncio.timeout(deadline - time.monotonic()):
+                            delta = await anext(stream)
                     except StopAsyncIteration:
                         return
                     ticket.release()
                     self._fold(delta)
                     yield delta
-        except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct classes before Python 3.11
+        except TimeoutError as exc:
             state.metrics.observe_rejected("timeout")
             raise APIError(408, f"the request did not finish within {state.config.request_timeout_s:g} s",
                            "timeout_error", code="request_timeout") from exc
