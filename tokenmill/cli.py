@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV),
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        drain_timeout_s=args.drain_timeout,
+        max_n=args.max_n, drain_timeout_s=args.drain_timeout,
     ))  # fmt: skip
     return 0
 
@@ -103,6 +103,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
                         help="prompt tokens of those requests; past it, 429")
     parser.add_argument("--request-timeout", type=float, default=S.request_timeout_s, help="seconds per request")
     parser.add_argument("--max-request-bytes", type=int, default=S.max_request_bytes)
+    parser.add_argument("--max-n", type=int, default=S.max_n, help="samples one request may ask for (n, best_of)")
     parser.add_argument("--drain-timeout", type=float, default=S.drain_timeout_s,
                         help="on SIGTERM, seconds that in-flight requests get to finish")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20
@@ -26,6 +27,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # top-n logprobs per generated token
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling
     stop_strings: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -56,6 +58,8 @@ class SamplingParams:
                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         _check(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
                f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        _check(all(math.isfinite(v) for v in (self.logit_bias or {}).values()), "logit_bias",
+               "logit_bias values must be finite numbers")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         _check(all(isinstance(s, str) and s for s in stops), "stop", "stop strings must be non-empty strings")
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tokenmill import LLM
+from tokenmill.runner.capture_guard import CaptureGuard
 from tokenmill.runner.step_graph import MAX_BATCH_SIZE
 from tokenmill.sampling_params import SamplingParams
 
@@ -51,19 +52,72 @@ def test_sampled_and_penalized_steps_replay_too(make_llm):
     assert 4 in graphs(fast).graphs
 
 
-def test_a_torch_operation_inside_the_layers_keeps_that_batch_size_eager(make_llm):
-    """What a replay of the kernels alone would skip (here a hook that scales an MLP's output)
-    must not be captured: the step stays eager and its results stay right."""
+def _half_into_second_half(out: torch.Tensor, _: torch.Tensor) -> None:
+    half = out.shape[-1] // 2
+    out[..., half : 2 * half].copy_(out[..., :half])
+
+
+def _add_input_product(out: torch.Tensor, inputs: torch.Tensor) -> None:
+    """A LoRA-like delta: out += inputs @ weight, written in place."""
+    out.view(-1, out.shape[-1]).addmm_(inputs.view(-1, inputs.shape[-1]), FOUR_EYE)
+
+
+FOUR_EYE = 4 * torch.eye(576)  # the default model's hidden size
+# What a hook (or a LoRA delta written in torch) may do to a layer's output, given its input too.
+# Replaying the kernels alone would drop each of them, so the step must stay eager. Each runs at
+# its own batch size.
+HOOKS = {
+    "a new tensor": lambda out, _: out * 0.5,
+    "mul_": lambda out, _: out.mul_(0.5),
+    "add_": lambda out, _: out.add_(out),
+    "addmm_": _add_input_product,
+    "copy_": _half_into_second_half,
+    "out=": lambda out, _: torch.mul(out, 0.5, out=out),
+}
+
+
+@pytest.mark.parametrize("batch_size, hook", list(enumerate(HOOKS, start=1)))
+def test_a_torch_operation_inside_the_layers_keeps_that_batch_size_eager(make_llm, batch_size, hook):
+    """Each hook changes the output (checked against the model without it), and the captured engine
+    gives the eager engine's tokens with it: the step was not captured without the hook's work."""
     fast, eager = make_llm(kv_cache_memory=128 * 2**20), make_llm(kv_cache_memory=128 * 2**20, enforce_eager=True)
-    hooks = [llm.engine.runner.model.model.layers[3].mlp.register_forward_hook(lambda m, i, out: out * 0.5)
+    prompts = PROMPTS[:batch_size]
+    unhooked = run(eager, prompts)
+    edit = HOOKS[hook]
+    hooks = [llm.engine.runner.model.model.layers[3].mlp.register_forward_hook(lambda m, i, out: edit(out, i[0]))
              for llm in (fast, eager)]  # fmt: skip
     try:
-        prompts = PROMPTS[:2]
-        assert run(fast, prompts) == run(eager, prompts)
-        assert 2 in graphs(fast).eager_sizes and 2 not in graphs(fast).graphs
+        expected = run(eager, prompts)
+        assert [tokens for tokens, _ in expected] != [tokens for tokens, _ in unhooked]  # the hook does something
+        assert run(fast, prompts) == expected
+        assert run(fast, prompts) == expected  # the second run would replay a capture
+        assert batch_size in graphs(fast).eager_sizes and batch_size not in graphs(fast).graphs
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in hooks:
+            handle.remove()
+
+
+@pytest.mark.parametrize("mode", [{}, {"dtype": "bfloat16"}, {"quantization": "gguf"}, {"quantization": "int8"},
+                                  {"quantization": "int4"}, {"kv_cache_dtype": "int8"},
+                                  {"quantization": "gguf", "dtype": "bfloat16", "kv_cache_dtype": "int8"}])
+def test_every_operation_of_the_models_own_forward_is_known_to_the_guard(make_llm, mode):
+    """The model's decode step captures in every mode: nothing in its own forward is refused."""
+    llm = make_llm(kv_cache_memory=64 * 2**20, **mode)
+    run(llm, PROMPTS[:2])
+    assert graphs(llm).eager_sizes == set() and 2 in graphs(llm).graphs
+
+
+def test_the_guard_tells_views_from_copies_and_mutations():
+    with CaptureGuard() as guard:
+        x = torch.empty(4, 6)
+        x.view(6, 4), x.t(), x.flatten(), x.contiguous(), x.float(), x.split(2), x[1:]
+    assert guard.refusal is None and [t.data_ptr() for t in guard.allocated] == [x.data_ptr()]
+    for operation in (lambda x: x.t().contiguous(), lambda x: x.double(), lambda x: x.t().flatten(),
+                      lambda x: x[torch.tensor([0])], lambda x: x.zero_(), lambda x: x + 1):  # fmt: skip
+        x = torch.empty(4, 6)
+        with CaptureGuard() as guard:
+            operation(x)
+        assert guard.refusal is not None
 
 
 def test_larger_batches_and_mixed_steps_run_eagerly(make_llm):

@@ -35,6 +35,23 @@ CASES = {
     "token id outside the vocabulary": ("completions", {**COMPLETION, "prompt": [1, 2, 10**9]}, 400,
                                         "invalid_request_error", "prompt"),
     "empty messages": ("chat/completions", {**CHAT, "messages": []}, 400, "invalid_request_error", "messages"),
+    "unknown role": ("chat/completions", {**CHAT, "messages": [{"role": "wizard", "content": "Hi"}]}, 400,
+                     "invalid_request_error", "messages"),
+    "n 100000": ("chat/completions", {**CHAT, "n": 100_000}, 400, "invalid_request_error", "n"),
+    "best_of 100000": ("completions", {**COMPLETION, "best_of": 100_000}, 400, "invalid_request_error", "best_of"),
+    "best_of above n": ("completions", {**COMPLETION, "n": 1, "best_of": 2}, 400, "invalid_request_error", "best_of"),
+    "logit_bias outside the vocabulary": ("completions", {**COMPLETION, "logit_bias": {"1000000000": 5}}, 400,
+                                          "invalid_request_error", "logit_bias"),
+    "logit_bias key not a token id": ("chat/completions", {**CHAT, "logit_bias": {"hello": 5}}, 400,
+                                      "invalid_request_error", "logit_bias"),
+    "logit_bias past 100": ("chat/completions", {**CHAT, "logit_bias": {"42": 101}}, 400, "invalid_request_error",
+                            "logit_bias"),
+}
+DEEP = 5000
+HOSTILE_BODIES = {  # raw bodies past what the JSON parser or the engine should ever be given
+    "nested 5,000 deep": json.dumps(COMPLETION)[:-1].encode() + b', "x": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+    "unclosed 5,000 deep": json.dumps(COMPLETION)[:-1].encode() + b', "x": ' + b"[" * DEEP,
+    "nested objects": json.dumps(COMPLETION)[:-1].encode() + b', "x": ' + b'{"a": ' * DEEP + b"1" + b"}" * DEEP + b"}",
 }
 
 
@@ -54,6 +71,31 @@ def test_bad_field(post, case):
 @pytest.mark.parametrize("raw", [b'{"model": "x", "prompt": ', b"[1, 2]", b""])
 def test_malformed_json(post, raw):
     assert_error(post("completions", raw), 400, "invalid_request_error", None)
+
+
+@pytest.mark.parametrize("name", HOSTILE_BODIES)
+def test_deeply_nested_json_is_refused_before_parsing(post, name):
+    response = post("completions", HOSTILE_BODIES[name])
+    assert_error(response, 400, "invalid_request_error", None)
+    assert "levels" in response.json()["error"]["message"]
+
+
+def test_a_shallow_body_with_brackets_in_its_strings_is_served(post):
+    body = {**COMPLETION, "prompt": "[" * 200 + "{" * 200, "user": "]" * 300}
+    assert post("completions", json.dumps(body).encode()).status_code == 200
+
+
+@pytest.mark.parametrize("hostile", [*HOSTILE_BODIES, "unknown role", "n 100000", "best_of 100000",
+                                     "logit_bias outside the vocabulary"])
+def test_after_a_hostile_request_the_server_serves_a_normal_one_unchanged(post, llm, hostile):
+    if hostile in HOSTILE_BODIES:
+        assert post("completions", HOSTILE_BODIES[hostile]).status_code == 400
+    else:
+        endpoint, body, status, _, _ = CASES[hostile]
+        assert post(endpoint, json.dumps(body).encode()).status_code == status
+    response = post("completions", json.dumps({**COMPLETION, "max_tokens": 12, "temperature": 0}).encode())
+    alone = llm.generate([COMPLETION["prompt"]], SamplingParams(max_tokens=12, temperature=0), use_tqdm=False)
+    assert response.status_code == 200 and response.json()["choices"][0]["text"] == alone[0].outputs[0].text
 
 
 def test_invalid_utf8(post):

@@ -44,6 +44,25 @@ def test_greedy_chat_answers_paris(client):
     assert result.object == "chat.completion"
 
 
+def test_logit_bias_forces_and_bans_tokens(client, llm):
+    """+100 on one token makes greedy decoding choose it at every step; -100 on the token greedy
+    decoding chooses first makes the first token another one (the offline engine as the reference)."""
+    forced = llm.engine.tokenizer.encode(" banana")[0]
+    result = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0,
+                                       logit_bias={str(forced): 100}, logprobs=0)
+    assert result.choices[0].logprobs.tokens == [" banana"] * 6
+    plain = llm.generate([PROMPT], SamplingParams(max_tokens=1, temperature=0), use_tqdm=False)[0].outputs[0]
+    banned = plain.token_ids[0]
+    result = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1, temperature=0)
+    chat_first = llm.engine.tokenizer.encode(result.choices[0].message.content)[0]
+    result = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1, temperature=0,
+                                            logit_bias={str(chat_first): -100})
+    assert llm.engine.tokenizer.encode(result.choices[0].message.content)[0] != chat_first
+    biased = llm.generate([PROMPT], SamplingParams(max_tokens=1, temperature=0, logit_bias={banned: -100}),
+                          use_tqdm=False)[0].outputs[0]
+    assert biased.token_ids[0] != banned
+
+
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
 def test_streamed_text_equals_the_non_streamed_text_for_the_same_seed(client, endpoint):
     common = dict(model=MODEL, max_tokens=40, temperature=0.9, seed=1234, n=2)

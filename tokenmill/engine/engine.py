@@ -81,6 +81,10 @@ class LLMEngine:
         if returns_prompt_rows and params.n > 1:
             raise InvalidRequestError("n", "a request for prompt rows has one sample (n = 1)")
         token_ids = self._checked(prompt_token_ids, returns_prompt_rows)
+        bad_bias = [t for t in params.logit_bias or {} if not 0 <= t < self.arch.vocab_size]
+        if bad_bias:
+            raise InvalidRequestError("logit_bias", f"logit_bias token id {bad_bias[0]} is outside the vocabulary "
+                                                    f"(0..{self.arch.vocab_size - 1})")
         seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt, returns_prompt_rows)
         self.requests[request_id] = Request(request_id, token_ids, params, seqs)
         for seq in seqs:

@@ -9,9 +9,9 @@ the buffers and replay the calls as one C call, with no Python between them. The
 capture only watches it run.
 
 A step can be captured only if every operation that computes is a recorded kernel; the model's
-own torch calls must be views, metadata and allocations, which a TorchFunctionMode checks while
+own torch calls must be views and allocations, which runner/capture_guard.py checks while
 capturing. Where anything else runs (a PyTorch matrix product for shapes the C kernels do not
-take, an embedding lookup inside the layers), that batch size stays eager. The embedding lookup
+take, an in-place edit by a hook, a LoRA delta written in torch), that batch size stays eager. The embedding lookup
 runs before the replayed part, and sampling after it.
 """
 
@@ -23,18 +23,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode, resolve_name
 
 from tokenmill.attention.base import AttentionBackend, AttentionBatch
 from tokenmill.kernels.launch import Program, Recording
 from tokenmill.runner.batch import ModelInput
+from tokenmill.runner.capture_guard import CaptureGuard
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 16  # past this, a step's kernels dwarf its overhead, and matrix products move to BLAS
-METADATA = {"data_ptr", "dim", "stride", "size", "numel", "is_contiguous", "shape.__get__", "dtype.__get__",
-            "device.__get__"}  # fmt: skip
-ALLOCATIONS = {"torch.empty", "torch.empty_like", "torch.Tensor.new_empty"}
 
 
 @dataclass
@@ -76,7 +73,7 @@ class DecodeGraphs:
         inputs = _static_inputs(embeds, batch.attn, self.max_blocks)
         _fill(inputs, embeds, batch)
         plan = self.attention.plan(_attention_batch(inputs, batch.attn.block_size))
-        with Recording() as recording, _CaptureGuard() as guard:
+        with Recording() as recording, CaptureGuard() as guard:
             hidden = self.model(None, inputs["positions"], plan, inputs_embeds=inputs["embeds"])
             logits = self.model.compute_logits(hidden)
         if guard.refusal is not None:
@@ -89,35 +86,6 @@ class DecodeGraphs:
         logger.info("captured decode steps of %d sequences: %d kernel calls, replayed %s", size,
                     len(program.calls), "in C" if program.in_c else "by ctypes")
         return logits
-
-
-class _CaptureGuard(TorchFunctionMode):
-    """Lets views, metadata and allocations through (keeping what was allocated) and notes the
-    first torch call that computes, which a replay of the kernels alone would skip."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.allocated: list[torch.Tensor] = []
-        self.refusal: str | None = None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        result = func(*args, **(kwargs or {}))
-        name = resolve_name(func) or repr(func)
-        if name in ALLOCATIONS:
-            self.allocated.append(result)
-        elif name.removeprefix("torch.Tensor.") not in METADATA and not _is_view(result, args):
-            self.refusal = self.refusal or name
-        return result
-
-
-def _is_view(result: object, args: tuple) -> bool:
-    """Whether every tensor of the result shares the storage of the first argument (a view, a split,
-    or the tensor itself, as .contiguous() and .float() return where nothing changes)."""
-    if not args or not isinstance(args[0], torch.Tensor):
-        return False
-    tensors = result if isinstance(result, (tuple, list)) else (result,)
-    storage = args[0].untyped_storage().data_ptr()
-    return all(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == storage for t in tensors)
 
 
 def _static_inputs(embeds: torch.Tensor, attn: AttentionBatch, max_blocks: int) -> dict[str, torch.Tensor]:

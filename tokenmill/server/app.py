@@ -23,7 +23,7 @@ from tokenmill.server.config import ServerConfig
 from tokenmill.server.errors import APIError, bad_request
 from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
-from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, RequestLimits, parse_body
 
 
 def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
@@ -67,6 +67,7 @@ def _public_routes(state: ServerState) -> APIRouter:
 def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     router = APIRouter(prefix="/v1")
     model_name = state.config.served_model_name
+    limits = RequestLimits(state.config.max_n, tokenizer.vocab_size)
 
     @router.get("/models")
     async def models() -> dict:
@@ -78,7 +79,7 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     async def completions(request: Request) -> Response:
         body: CompletionRequest = parse_body(await request.body(), CompletionRequest)
         _check_model(body.model, model_name)
-        params = body.sampling_params()
+        params = body.sampling_params(limits)
         prompt = body.prompt_input()
         token_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else _checked_ids(prompt, tokenizer)
         run = _start(state, token_ids, params, body, "cmpl", "prompt")
@@ -91,7 +92,7 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         body: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
         _check_model(body.model, model_name)
-        params = body.sampling_params()
+        params = body.sampling_params(limits)
         try:
             text = tokenizer.apply_chat_template(body.conversation(), body.add_generation_prompt)
         except ValueError as exc:

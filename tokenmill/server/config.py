@@ -18,10 +18,11 @@ class ServerConfig:
     retry_after_s: int = 1  # the Retry-After a 429 carries
     request_timeout_s: float = 600.0
     max_request_bytes: int = 4 << 20
+    max_n: int = 128  # samples one request may ask for (n, best_of), as OpenAI's limit; past it, 400
     drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight requests may take to finish
 
     def __post_init__(self) -> None:
-        for name in ("max_queued_requests", "max_queued_tokens", "max_request_bytes"):
+        for name in ("max_queued_requests", "max_queued_tokens", "max_request_bytes", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:

@@ -8,12 +8,19 @@ Every problem becomes a 400 naming the offending field.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tokenmill.sampling_params import MAX_LOGPROBS, SamplingParams, SamplingParamsError
 from tokenmill.server.errors import bad_request
+from tokenmill.server.json_depth import MAX_JSON_DEPTH, nests_deeper_than
+
+# The roles OpenAI's chat API defines ("function" is its older name for "tool"); anything else is
+# refused by name rather than rendered into the prompt as text the model never saw in training.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range: -100 (never) to 100 (always)
 
 
 class StreamOptions(BaseModel):
@@ -48,14 +55,15 @@ class _SamplingRequest(BaseModel):
     skip_special_tokens: bool = True
     priority: int = 0
     cache_salt: str | None = None  # requests with different salts share no prefix-cache blocks
+    logit_bias: dict[str, float] | None = None  # token id (as a string, JSON's keys) -> added to its logit
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def _sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        if self.n < 1:
-            raise bad_request(f"n must be >= 1, got {self.n}", "n")
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None, limits: RequestLimits) -> SamplingParams:
+        if not 1 <= self.n <= limits.max_n:
+            raise bad_request(f"n must be in [1, {limits.max_n}], got {self.n}", "n")
         try:
             return SamplingParams(
                 n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
@@ -64,9 +72,33 @@ class _SamplingRequest(BaseModel):
                 min_tokens=self.min_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
                 ignore_eos=self.ignore_eos, include_stop_str_in_output=self.include_stop_str_in_output,
                 logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
+                logit_bias=self._logit_bias(limits.vocab_size),
             )  # fmt: skip
         except SamplingParamsError as exc:
             raise bad_request(str(exc), exc.param) from exc
+
+
+    def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
+        if not self.logit_bias:
+            return None
+        bias: dict[int, float] = {}
+        for key, value in self.logit_bias.items():
+            token_id = int(key) if key.lstrip("-").isdigit() else None
+            if token_id is None or not 0 <= token_id < vocab_size:
+                raise bad_request(f"logit_bias key {key!r} is not a token id of the vocabulary (0..{vocab_size - 1})",
+                                  "logit_bias")
+            if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+                raise bad_request(f"logit_bias values must be in [-100, 100], got {value} for token {key}", "logit_bias")
+            bias[token_id] = value
+        return bias
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What the server allows a request beyond its fields' own ranges."""
+
+    max_n: int
+    vocab_size: int
 
 
 class CompletionRequest(_SamplingRequest):
@@ -74,6 +106,7 @@ class CompletionRequest(_SamplingRequest):
     max_tokens: int | None = 16  # OpenAI's default for completions
     logprobs: int | None = None
     echo: bool = False
+    best_of: int | None = None
 
     def prompt_input(self) -> str | list[int]:
         """One prompt: a string or token ids (a list of one string is that string)."""
@@ -86,12 +119,18 @@ class CompletionRequest(_SamplingRequest):
             raise bad_request("prompt is empty", "prompt")
         return prompt
 
-    def sampling_params(self) -> SamplingParams:
+    def sampling_params(self, limits: RequestLimits) -> SamplingParams:
         if self.echo:
             raise bad_request("echo is not supported", "echo")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise bad_request(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}", "logprobs")
-        return self._sampling_params(_max_tokens(self.max_tokens, "max_tokens"), self.logprobs)
+        if self.best_of is not None:
+            if not 1 <= self.best_of <= limits.max_n:
+                raise bad_request(f"best_of must be in [1, {limits.max_n}], got {self.best_of}", "best_of")
+            if self.best_of != self.n:  # as vLLM's V1 engine: every sample generated is returned
+                raise bad_request(f"best_of must equal n ({self.n}): every sample is returned, none dropped",
+                                  "best_of")
+        return self._sampling_params(_max_tokens(self.max_tokens, "max_tokens"), self.logprobs, limits)
 
 
 class ContentPart(BaseModel):
@@ -119,9 +158,13 @@ class ChatCompletionRequest(_SamplingRequest):
     def conversation(self) -> list[dict[str, str]]:
         if not self.messages:
             raise bad_request("messages must not be empty", "messages")
+        for index, message in enumerate(self.messages):
+            if message.role not in CHAT_ROLES:
+                raise bad_request(f"messages[{index}].role {message.role!r} is not one of {', '.join(CHAT_ROLES)}",
+                                  "messages")
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
-    def sampling_params(self) -> SamplingParams:
+    def sampling_params(self, limits: RequestLimits) -> SamplingParams:
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_LOGPROBS:
             raise bad_request(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {self.top_logprobs}", "top_logprobs")
         if self.top_logprobs and not self.logprobs:
@@ -130,7 +173,7 @@ class ChatCompletionRequest(_SamplingRequest):
             max_tokens = _max_tokens(self.max_completion_tokens, "max_completion_tokens")
         else:
             max_tokens = _max_tokens(self.max_tokens, "max_tokens")
-        return self._sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
+        return self._sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None, limits)
 
 
 def _max_tokens(value: int | None, param: str) -> int | None:
@@ -140,15 +183,20 @@ def _max_tokens(value: int | None, param: str) -> int | None:
 
 
 def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
-    """Bytes to a request model; invalid UTF-8, malformed JSON and wrong types are 400s."""
+    """Bytes to a request model; invalid UTF-8, malformed or too deeply nested JSON and wrong types are 400s."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad_request(f"the request body is not valid UTF-8 (byte {exc.start})") from exc
+    too_deep = bad_request(f"the request body nests more than {MAX_JSON_DEPTH} levels of arrays and objects")
+    if nests_deeper_than(raw):
+        raise too_deep
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # unclosed brackets, which the count above leaves to the parser
+        raise too_deep from exc
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")
     try:
