@@ -41,7 +41,7 @@ def make_llm() -> Callable[..., LLM]:
     def make(**kwargs) -> LLM:
         key = tuple(sorted(kwargs.items()))
         if key not in _llms:
-            _llms[key] = LLM(**{"dtype": "float32", "kv_cache_memory": 256 * 2**20, **kwargs})
+            _llms[key] = LLM(**{"dtype": "float32", "quantization": "none", "kv_cache_memory": 256 * 2**20, **kwargs})
         return _llms[key]
 
     return make

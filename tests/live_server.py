@@ -81,7 +81,7 @@ def start_server(tmp_dir: Path, *args: str) -> RunningServer:
         port = s.getsockname()[1]
     log = tmp_dir / f"server-{port}.log"
     command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), "--api-key", API_KEY,
-               "--kv-cache-memory", str(256 * 2**20), *COMMON_ARGS, *args]
+               "--kv-cache-memory", str(256 * 2**20), "--dtype", "float32", "--quantization", "none", *COMMON_ARGS, *args]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy())
     server = RunningServer(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 300

@@ -15,6 +15,7 @@ from tokenmill.engine_args import (
     add_engine_args, add_sampling_args, build_llm, engine_options, model_name, sampling_params,
 )  # fmt: skip
 from tokenmill.eval.cli import add_eval_commands
+from tokenmill.log import configure_logging
 from tokenmill.server.config import API_KEY_ENV, ServerConfig
 
 
@@ -82,7 +83,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     model_path = args.model or default_model_path()
     config = DraftTrainingConfig(num_heads=args.num_heads, num_prompts=args.num_prompts, epochs=args.epochs,
                                  seed=args.seed)
-    llm = LLM(model_path, dtype="float32", seed=args.seed, enable_prefix_caching=False)
+    llm = LLM(model_path, dtype="float32", quantization="none", seed=args.seed, enable_prefix_caching=False)
     output = args.output or default_heads_path(model_path)
     accuracy = run(llm, config, output, model_name(args))
     print(f"heads saved to {output}; held-out top-1 accuracy per head: "
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the OpenAI-compatible HTTP server")
     add_server_args(serve)
     add_engine_args(serve)
-    serve.set_defaults(run=cmd_serve)
+    serve.set_defaults(run=cmd_serve, verbose=True)  # a server says what it chose and when it is ready
 
     train = commands.add_parser("train-draft", help="train draft heads for speculative decoding (self-distillation)")
     train.add_argument("--model", type=Path, default=None, help="a GGUF file or model directory (default model)")
@@ -150,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO if args.verbose else logging.WARNING)
     return args.run(args)
 
 

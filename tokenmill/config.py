@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,12 +12,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+logger = logging.getLogger(__name__)
+
 _DTYPE_NAMES = ("float32", "bfloat16", "float16")  # torch's own names
 DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)
 ATTENTION_BACKENDS = ("auto", "cpu", "torch")  # cpu: the C kernels; torch: plain PyTorch, any device
 # none: the weights in `dtype`; int8/int4: quantized at load time; gguf: a GGUF's own quantized tensors.
-QUANTIZATION_CHOICES = ("none", "int8", "int4", "gguf")
-KV_CACHE_DTYPE_CHOICES = ("auto", "int8", "fp8")  # auto: the model's dtype
+QUANTIZATIONS = ("none", "int8", "int4", "gguf")
+QUANTIZATION_CHOICES = ("auto", *QUANTIZATIONS)  # auto: chosen per machine and model (tokenmill/auto_mode.py)
+KV_CACHE_DTYPE_CHOICES = ("auto", "int8", "fp8")  # auto: the model's dtype (int8 where auto chose 4-bit weights)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class ModelConfig:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
-        _check_choice("quantization", self.quantization, QUANTIZATION_CHOICES)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
         group = self.quantization_group_size
         if group < 16 or group % 16:
             raise ValueError(f"quantization_group_size must be a positive multiple of 16, got {group}")
@@ -68,10 +72,8 @@ class ModelConfig:
 
         if isinstance(dtype, torch.dtype):
             return dtype
-        if dtype == "auto":
-            return torch.float32
         if dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPE_NAMES)}; got {dtype!r}")
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {dtype!r}")
         return getattr(torch, dtype)
 
     @staticmethod
@@ -230,29 +232,38 @@ class EngineConfig:
         attention_backend: str = ModelConfig.attention_backend,
         enable_prefix_caching: bool = CacheConfig.enable_prefix_caching,
         kv_cache_dtype: str = CacheConfig.kv_cache_dtype,
-        quantization: str | None = None,
+        quantization: str | None = "auto",
         quantization_group_size: int = ModelConfig.quantization_group_size,
         speculative_config: dict | None = None,
         enforce_eager: bool = ModelConfig.enforce_eager,
     ) -> EngineConfig:
-        """From vLLM's argument names; `model` None is the default model."""
+        """From vLLM's argument names; `model` None is the default model; each `auto` is chosen for
+        this machine (tokenmill/auto_mode.py) and logged."""
+        from tokenmill.auto_mode import choose_mode
         from tokenmill.model.default import default_model_path
 
+        path = Path(model) if model is not None else default_model_path()
+        parsed_device = ModelConfig.parse_device(device)
+        _check_choice("quantization", quantization or "none", QUANTIZATION_CHOICES)
+        mode = choose_mode(path, parsed_device, dtype, quantization or "none", kv_cache_dtype)
+        for reason in mode.reasons:
+            logger.info("auto: %s", reason)
         model_config = ModelConfig(
-            model=Path(model) if model is not None else default_model_path(),
-            dtype=ModelConfig.parse_dtype(dtype),
-            device=ModelConfig.parse_device(device),
+            model=path,
+            dtype=ModelConfig.parse_dtype(mode.dtype),
+            device=parsed_device,
             max_model_len=max_model_len,
             seed=seed,
             attention_backend=attention_backend,
-            quantization=quantization or "none",
+            quantization=mode.quantization,
             quantization_group_size=quantization_group_size,
             enforce_eager=enforce_eager,
         )
         speculative = SpeculativeConfig.from_dict(speculative_config) if speculative_config else None
         return cls(
             model_config,
-            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching, kv_cache_dtype),
+            CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching,
+                        mode.kv_cache_dtype),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens,
                             speculative.num_lookahead_tokens if speculative is not None else 0),
             speculative,

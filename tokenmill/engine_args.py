@@ -25,7 +25,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """The engine's options, with vLLM's flag names."""
     parser.add_argument("--model", type=Path, default=None,
                         help="a GGUF file or a Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="auto: bfloat16 where the CPU has bfloat16 dot products or on CUDA, else float32")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=ModelConfig.seed)
     parser.add_argument("--max-model-len", type=int, default=None)
@@ -40,9 +41,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         default=CacheConfig.enable_prefix_caching, help="reuse the KV of shared prompt prefixes")
     parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                         help="the same as --no-enable-prefix-caching")
-    parser.add_argument("-q", "--quantization", default="none", choices=QUANTIZATION_CHOICES,
+    parser.add_argument("-q", "--quantization", default="auto", choices=QUANTIZATION_CHOICES,
                         help="weights: int8 (per channel) or int4 (per group), quantized at load; "
-                             "gguf: a GGUF file's own quantized tensors")
+                             "gguf: a GGUF file's own quantized tensors; none: in --dtype; "
+                             "auto: gguf for a GGUF file on the CPU, else none")
     parser.add_argument("--quantization-group-size", type=int, default=ModelConfig.quantization_group_size,
                         help="int4: input channels per scale")
     parser.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=KV_CACHE_DTYPE_CHOICES,

@@ -37,4 +37,4 @@ def test_preemption_under_a_tiny_kv_budget_equals_alone(make_llm, prompts, alone
 
 def _block_bytes(make_llm) -> int:
     engine = make_llm().engine
-    return block_bytes(engine.arch, engine.kv_manager.block_size, engine.runner.kv_cache.dtype)
+    return block_bytes(engine.arch, engine.kv_manager.block_size, engine.runner.paged.kv_cache.dtype)

@@ -27,7 +27,7 @@ def test_a_product_is_the_float64_product_of_its_bfloat16_operands_rounded_once(
 def test_the_engine_multiplies_many_rows_in_bfloat16_and_few_on_its_own_weights(make_llm, quantization):
     llm = make_llm(dtype="bfloat16", quantization=quantization, kv_cache_memory=64 * 2**20)
     runner = llm.engine.runner
-    assert runner.kv_cache.dtype == torch.float32 and runner.attention.name == "cpu"
+    assert runner.paged.kv_cache.dtype == torch.float32 and runner.attention.name == "cpu"
     layer = runner.model.model.layers[0].mlp.gate_up_proj
     assert isinstance(layer, QuantLinear if quantization else Linear) and layer.bf16_product is not None
     if quantization is None:

@@ -27,8 +27,8 @@ def test_the_same_budget_holds_more_than_three_times_the_tokens_in_int8(llm, mak
     float32, int8 = llm.engine.runner, make_llm(kv_cache_dtype="int8").engine.runner
     assert int8.kv_size.budget_bytes == float32.kv_size.budget_bytes
     assert int8.num_blocks >= 3.7 * float32.num_blocks  # the acceptance floor is 1.8
-    assert int8.kv_cache.dtype == torch.int8 and int8.kv_scales is not None
-    assert int8.kv_cache.nbytes + int8.kv_scales.nbytes <= int8.kv_size.budget_bytes
+    assert int8.paged.kv_cache.dtype == torch.int8 and int8.paged.kv_scales is not None
+    assert int8.paged.kv_cache.nbytes + int8.paged.kv_scales.nbytes <= int8.kv_size.budget_bytes
 
 
 def test_fp8_on_the_cpu_is_refused_when_the_engine_is_built():

@@ -7,7 +7,7 @@ import torch
 
 from tokenmill import LLM
 from tokenmill.runner.capture_guard import CaptureGuard
-from tokenmill.runner.step_graph import MAX_BATCH_SIZE
+from tokenmill.runner.step_graph import MAX_ROWS
 from tokenmill.sampling_params import SamplingParams
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,", "Water boils at",
@@ -40,7 +40,7 @@ def test_replayed_steps_give_the_eager_engines_tokens_and_logprobs_bit_for_bit(m
     prompts = PROMPTS[:num_prompts]
     expected = run(eager, prompts)
     assert run(fast, prompts) == expected
-    assert num_prompts in graphs(fast).graphs  # captured on the first run ...
+    assert (num_prompts, num_prompts) in graphs(fast).graphs  # captured on the first run ...
     assert run(fast, prompts) == expected  # ... and replayed on the second
 
 
@@ -49,7 +49,7 @@ def test_sampled_and_penalized_steps_replay_too(make_llm):
     params = dict(temperature=0.8, top_p=0.9, seed=7, repetition_penalty=1.3)
     prompts = PROMPTS[:4]
     assert run(fast, prompts, **params) == run(eager, prompts, **params)
-    assert 4 in graphs(fast).graphs
+    assert (4, 4) in graphs(fast).graphs
 
 
 def _half_into_second_half(out: torch.Tensor, _: torch.Tensor) -> None:
@@ -91,7 +91,8 @@ def test_a_torch_operation_inside_the_layers_keeps_that_batch_size_eager(make_ll
         assert [tokens for tokens, _ in expected] != [tokens for tokens, _ in unhooked]  # the hook does something
         assert run(fast, prompts) == expected
         assert run(fast, prompts) == expected  # the second run would replay a capture
-        assert batch_size in graphs(fast).eager_sizes and batch_size not in graphs(fast).graphs
+        shape = (batch_size, batch_size)
+        assert shape in graphs(fast).eager_shapes and shape not in graphs(fast).graphs
     finally:
         for handle in hooks:
             handle.remove()
@@ -104,7 +105,7 @@ def test_every_operation_of_the_models_own_forward_is_known_to_the_guard(make_ll
     """The model's decode step captures in every mode: nothing in its own forward is refused."""
     llm = make_llm(kv_cache_memory=64 * 2**20, **mode)
     run(llm, PROMPTS[:2])
-    assert graphs(llm).eager_sizes == set() and 2 in graphs(llm).graphs
+    assert graphs(llm).eager_shapes == set() and (2, 2) in graphs(llm).graphs
 
 
 def test_the_guard_tells_views_from_copies_and_mutations():
@@ -122,7 +123,7 @@ def test_the_guard_tells_views_from_copies_and_mutations():
 
 def test_larger_batches_and_mixed_steps_run_eagerly(make_llm):
     fast = make_llm()
-    prompts = [f"{i} apples and" for i in range(MAX_BATCH_SIZE + 2)]
+    prompts = [f"{i} apples and" for i in range(MAX_ROWS + 2)]
     run(fast, prompts)
-    assert max(graphs(fast).graphs, default=0) <= MAX_BATCH_SIZE
+    assert max((rows for _, rows in graphs(fast).graphs), default=0) <= MAX_ROWS
     assert all(graph.logits.dtype == torch.float32 for graph in graphs(fast).graphs.values())

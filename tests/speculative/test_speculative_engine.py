@@ -28,12 +28,13 @@ DRAFT_MODEL = {"method": "draft", "model": str(default_model_path()), "num_specu
                "disable_by_batch_size": 64}
 NGRAM = PROPOSERS["ngram"]
 # A small token budget chunks the prompts, so prefills and verifications share steps.
-ENGINE = {"kv_cache_memory": 64 * 2**20, "max_num_batched_tokens": 64}
+ENGINE = {"dtype": "float32", "quantization": "none", "kv_cache_memory": 64 * 2**20, "max_num_batched_tokens": 64}
 
 
 @pytest.fixture(scope="module")
 def plain() -> LLM:
-    return LLM(**ENGINE)
+    """The reference: no speculation, and every step eager."""
+    return LLM(enforce_eager=True, **ENGINE)
 
 
 @pytest.fixture(scope="module", params=list(PROPOSERS))
@@ -75,6 +76,19 @@ def test_greedy_outputs_are_token_identical(expected, speculative):
     stats = speculative.engine.stats()
     # Some accepted, and not all: rejected ones were rolled back on the way.
     assert 0 < stats.spec_accepted_tokens < stats.spec_draft_tokens
+    assert_every_block_free(speculative)
+
+
+def test_verification_rows_replay_captured_steps(expected, speculative):
+    """Steps whose rows are proposals to verify are captured and replayed like decode steps (per
+    number of sequences and rows), and give the eager engine's tokens."""
+    graphs = speculative.engine.runner.decode_graphs
+    if graphs is None:
+        pytest.skip("no C kernels here: every step is eager")
+    for prompt, alone in zip(PROMPTS[:2], expected["alone"]):
+        assert token_ids(speculative.generate(prompt, GREEDY, use_tqdm=False)) == [alone]
+    verifying = [(seqs, rows) for seqs, rows in graphs.graphs if rows > seqs]
+    assert verifying and not graphs.eager_shapes
     assert_every_block_free(speculative)
 
 
@@ -127,7 +141,7 @@ def test_preemption_under_a_small_pool_loses_nothing(method):
     """A pool of 17 blocks, too small for every sequence at once: sequences are preempted and recomputed while
     others verify proposals (and a draft keeps KV slots ahead for its guesses); outputs stay greedy's and
     every block comes back."""
-    small = {"kv_cache_memory": 12 * 2**20, "max_num_batched_tokens": 64, "enable_prefix_caching": False}
+    small = {**ENGINE, "kv_cache_memory": 12 * 2**20, "enable_prefix_caching": False}
     params = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)  # ~7 blocks each
     expected = token_ids(LLM(**small).generate(PROMPTS, params, use_tqdm=False))
     llm = LLM(speculative_config={**PROPOSERS, "draft-model": DRAFT_MODEL}[method], **small)

@@ -13,7 +13,8 @@ CONFIG = DraftTrainingConfig(num_heads=2, num_prompts=6, epochs=3, batch_size=64
 
 def test_self_distilled_heads_learn_the_models_own_continuations(tmp_path):
     # A small token budget: the prefill that reads the hidden states comes in several chunks.
-    llm = LLM(enable_prefix_caching=False, kv_cache_memory=64 << 20, max_num_batched_tokens=64)
+    llm = LLM(dtype="float32", quantization="none", enable_prefix_caching=False, kv_cache_memory=64 << 20,
+              max_num_batched_tokens=64)
     model = llm.engine.runner.model
     conversations = self_distill(llm, CONFIG)
     prompt, answer = conversations[0]

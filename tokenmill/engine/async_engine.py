@@ -17,6 +17,7 @@ import multiprocessing as mp
 from collections.abc import AsyncIterator, Callable
 
 from tokenmill.config import EngineConfig
+from tokenmill.log import tokenmill_level
 from tokenmill.engine.core import AbortRequest, AddRequest, CoreReady, Shutdown, StepOutputs, run_engine_core
 from tokenmill.engine.output_processor import OutputProcessor, RequestDelta
 from tokenmill.engine.stats import EngineStats
@@ -46,7 +47,7 @@ class AsyncEngine:
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or torch state
         self._inbox: mp.Queue = ctx.Queue()
         self._outbox, self._core_end = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._core_end),
+        self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._core_end, tokenmill_level()),
                                     name="tokenmill-engine-core", daemon=True)
         self._streams: dict[str, asyncio.Queue[RequestDelta | Exception]] = {}
         self._processor = OutputProcessor(tokenizer)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from tokenmill.config import EngineConfig
 from tokenmill.engine.messages import EngineOutput
 from tokenmill.engine.stats import EngineStats
+from tokenmill.log import configure_logging
 from tokenmill.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -80,14 +81,17 @@ class StepOutputs:
 
 
 def run_engine_core(
-    config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.connection.Connection
+    config: EngineConfig, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.connection.Connection,
+    log_level: int = logging.WARNING,
 ) -> None:
-    """The core process's main: builds the engine, reports ready, then serves until Shutdown."""
+    """The core process's main: builds the engine, warms it up, reports ready, then serves until Shutdown."""
     from tokenmill.engine.engine import LLMEngine
 
+    configure_logging(log_level)  # a spawned process starts with no handlers
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the front end, which sends Shutdown
     parent = os.getppid()
     engine = LLMEngine(config)
+    engine.warm_up()  # before ready: the first requests run as fast as the rest
     outbox.send(CoreReady(engine.max_model_len))
     while True:
         messages: list[AddRequest | AbortRequest | Shutdown] = []

@@ -46,8 +46,8 @@ class LLMEngine:
         spec = config.speculative
         if spec is not None:
             self.runner.enable_speculation(spec, self.max_model_len)
-        elif not config.model.enforce_eager:
-            self.runner.enable_decode_graphs(self.max_model_len)
+        if not config.model.enforce_eager:
+            self.runner.enable_decode_graphs(self.max_model_len + config.scheduler.num_lookahead_tokens)
         self.speculative_method = None if spec is None else spec.method
         self._num_draft_tokens = self._num_accepted_tokens = 0
         self.requests: dict[str, Request] = {}
@@ -201,6 +201,35 @@ class LLMEngine:
                 break
         new_logprobs = None if seq.params.logprobs is None else [logprobs] if logprobs is not None else []
         return SampleOutput(seq.index, added, new_logprobs, seq.finish_reason, seq.stop_reason)
+
+    # ---- before the first request ------------------------------------------------------------
+
+    def warm_up(self) -> float:
+        """Runs, before any request, each step whose first run costs more than the rest: a full
+        prefill chunk (the allocator's pages, oneDNN's primitives and prepacked weights) and a decode
+        step at every batch size that is captured (runner/step_graph.py), so that a server's first
+        requests run like its later ones. Leaves the engine idle with its counters at zero; returns
+        the seconds it took."""
+        start = time.monotonic()
+        salt = "tokenmill-warm-up"  # its blocks are never a prefix of a real request's
+        # One long prompt, then a ladder: sequence i of n decodes i steps, so the decode steps
+        # take n, n - 1, ..., 1 sequences.
+        long_prompt = [(7 * t) % self.arch.vocab_size for t in range(min(self.scheduler.config.max_num_batched_tokens,
+                                                                        self.max_model_len - 1))]
+        ladder = min(self.runner.max_captured_batch_size, self.scheduler.config.max_num_seqs)
+        phases = [[(long_prompt, 2)], [([100 + i, 200 + i], i + 1) for i in range(1, ladder + 1)]]
+        for phase in phases:
+            for token_ids, max_tokens in phase:
+                params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+                self.add_request(token_ids, params, cache_salt=salt)
+            while self.has_unfinished_requests():
+                self.step()
+        self.kv_manager.reset_counts()
+        self._num_draft_tokens = self._num_accepted_tokens = self.scheduler.num_preemptions = 0
+        seconds = time.monotonic() - start
+        logger.info("warmed up in %.2f s: a %d-token prefill and decode steps of 1-%d sequences", seconds,
+                    len(long_prompt), ladder)
+        return seconds
 
     # ---- for tools ---------------------------------------------------------------------------
 

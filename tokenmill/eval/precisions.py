@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 REFERENCE = "float32"  # the unquantized model every other precision is compared against
+_FLOAT32 = {"dtype": "float32", "quantization": "none", "kv_cache_dtype": "auto"}  # nothing left to auto
 PRECISIONS: dict[str, dict[str, str]] = {
-    "float32": {},
-    "bfloat16": {"dtype": "bfloat16"},
-    "int8": {"quantization": "int8"},
-    "int4": {"quantization": "int4"},  # the group size is the engine's quantization_group_size
-    "gguf": {"quantization": "gguf"},
-    "kv-int8": {"kv_cache_dtype": "int8"},
+    "float32": _FLOAT32,
+    "bfloat16": {**_FLOAT32, "dtype": "bfloat16"},
+    "int8": {**_FLOAT32, "quantization": "int8"},
+    "int4": {**_FLOAT32, "quantization": "int4"},  # the group size is the engine's quantization_group_size
+    "gguf": {**_FLOAT32, "quantization": "gguf"},
+    "kv-int8": {**_FLOAT32, "kv_cache_dtype": "int8"},
     # The fastest on a CPU with bfloat16 dot products: 4-bit decode, bfloat16 prefill, one-byte KV.
-    "gguf+bfloat16": {"quantization": "gguf", "dtype": "bfloat16"},
+    "gguf+bfloat16": {"quantization": "gguf", "dtype": "bfloat16", "kv_cache_dtype": "auto"},
     "gguf+bfloat16+kv-int8": {"quantization": "gguf", "dtype": "bfloat16", "kv_cache_dtype": "int8"},
 }
 

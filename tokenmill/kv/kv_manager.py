@@ -166,5 +166,9 @@ class KVCacheManager:
         if self.prefix_cache is not None:
             self.prefix_cache.record_query(num_tokens, num_hits)
 
+    def reset_counts(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.num_queried_tokens = self.prefix_cache.num_hit_tokens = 0
+
     def free_block_ids(self) -> list[int]:
         return self.pool.free_block_ids()

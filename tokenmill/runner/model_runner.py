@@ -9,20 +9,17 @@ import time
 
 import torch
 
-from tokenmill.attention.base import kv_block_views
-from tokenmill.attention.selector import select_attention_backend
 from tokenmill.config import CacheConfig, ModelConfig, SpeculativeConfig
 from tokenmill.engine.messages import RunnerOutput, SchedulerOutput, SpecDecodeCounts
-from tokenmill.kernels.fused_ops import FusedOps
-from tokenmill.model.layers import bind_fused_ops
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import ModelInput, prepare_input
 from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
 from tokenmill.runner.input_batch import InputBatch, RunnerSequence
-from tokenmill.runner.kv_cache import allocate_kv_cache, kv_storage_dtype, size_kv_cache
+from tokenmill.runner.kv_cache import kv_storage_dtype, size_kv_cache
+from tokenmill.runner.paged_model import PagedModel
 from tokenmill.runner.sampler import Sampler
-from tokenmill.runner.step_graph import DecodeGraphs
+from tokenmill.runner.step_graph import MAX_ROWS, DecodeGraphs
 from tokenmill.speculative.speculator import ProposalInput, Speculator
 from tokenmill.speculative.verify import accept_greedy, accept_sampled
 
@@ -41,46 +38,31 @@ class ModelRunner:
             keep_activations_on_heap()
         start = time.monotonic()
         kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, self.dtype)
-        self.kv_size = size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device)
-        self.num_blocks = size.num_blocks
-        self.kv_cache, self.kv_scales = allocate_kv_cache(self.arch, self.num_blocks, self.block_size, kv_dtype,
-                                                          self.device)
-        self._bind_kv_cache()
-        logger.info("allocated the %s KV cache in %.2f s", kv_dtype, time.monotonic() - start)
-        self.attention = select_attention_backend(
-            model_config.attention_backend, self.device, self.dtype, self.arch.num_queries_per_kv
-        )
-        logger.info("attention backend: %s", self.attention.name)
-        self._bind_fused_ops()
+        self.kv_size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device)
+        self.paged = PagedModel.build(loaded, model_config, self.kv_size.num_blocks, self.block_size, kv_dtype)
+        self.num_blocks, self.attention = self.paged.num_blocks, self.paged.attention
+        logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
+                    self.attention.name)
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
         self.input_batch = InputBatch(self.device)
         self.speculator: Speculator | None = None
         self.decode_graphs: DecodeGraphs | None = None
 
-    def _bind_kv_cache(self) -> None:
-        """Gives each attention layer its views of the pool (and, for int8, of the scales)."""
-        for layer, attn in enumerate(self.model.attention_layers()):
-            scales = None if self.kv_scales is None else self.kv_scales[layer]
-            attn.kv = kv_block_views(self.kv_cache[layer], scales, self.block_size, attn.num_kv_heads, attn.head_dim)
-
-    def _bind_fused_ops(self) -> None:
-        """The C elementwise kernels go with the C attention kernel: float32 on the CPU."""
-        if self.attention.name != "cpu":
-            return
-        ops = FusedOps.load()
-        if ops is not None:
-            logger.info("fused C kernels bound to %d layers", bind_fused_ops(self.model, ops))
-
     def enable_speculation(self, config: SpeculativeConfig, max_model_len: int) -> None:
         """Builds the proposer (which may load a draft model) once the engine knows its context limit."""
         from tokenmill.speculative.proposers import make_proposer
 
-        self.speculator = Speculator(config, max_model_len, make_proposer(config, self))
+        self.speculator = Speculator(config, max_model_len, make_proposer(config, self.paged, self.model_config))
 
     def enable_decode_graphs(self, max_model_len: int) -> None:
         """Captures decode steps and replays them (runner/step_graph.py) where every kernel is a C one."""
         if self.device.type == "cpu" and self.attention.name == "cpu":
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_model_len, self.block_size)
+
+    @property
+    def max_captured_batch_size(self) -> int:
+        """The most sequences a captured decode step takes (0: every step is eager)."""
+        return 0 if self.decode_graphs is None else MAX_ROWS
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
@@ -103,10 +85,10 @@ class ModelRunner:
         )  # fmt: skip
 
     def _forward(self, batch: ModelInput) -> tuple[torch.Tensor | None, torch.Tensor | None, dict, dict]:
-        """The logits of the rows to sample (None if none) and their hidden states (None where a
-        replayed decode step computed them), and the prompt rows asked for."""
+        """The logits of the rows to sample or verify (None if none) and their hidden states, and
+        the prompt rows asked for."""
         if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
-            return self.decode_graphs.logits(batch), None, {}, {}
+            return *self.decode_graphs.run(batch), {}, {}
         hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
         prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)
         if not batch.sampled_seqs:
