@@ -5,8 +5,10 @@ Starts `tokenmill serve` (this tree's, or the tree on PYTHONPATH) with the given
 or measures a server already starting at --url (as `make serve` runs it), waits until /health
 answers, then sends --requests chat requests of the offline workload one after another, each
 streamed, and reports every request's TTFT with the first against the tenth and p99 against p50.
+Every prompt has the same length (--input-len tokens) and its own text, so TTFTs differ only by
+what the server does, not by the prompt.
 
-    python benchmarks/cold_start.py [--requests 16] [--engine-args '--dtype float32 --quantization none']
+    python benchmarks/cold_start.py [--requests 16] [--input-len 300] [--engine-args '--dtype float32 --quantization none']
     python benchmarks/cold_start.py --url http://127.0.0.1:8000      # a server started elsewhere
 """
 
@@ -67,6 +69,7 @@ def ttft(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--input-len", type=int, default=300, help="prompt tokens of every request")
     parser.add_argument("--output-len", type=int, default=16)
     parser.add_argument("--engine-args", default="", help="options for the server this script starts")
     parser.add_argument("--url", default=None, help="measure a server started elsewhere instead")
@@ -75,7 +78,8 @@ def main() -> None:
     try:
         ready_s = wait_ready(url)
         tokenizer = load_tokenizer(default_model_path())
-        workload = build_workload(WorkloadSpec("chat", args.requests), tokenizer)
+        spec = WorkloadSpec("chat", args.requests, input_len=(args.input_len, args.input_len))
+        workload = build_workload(spec, tokenizer)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("TOKENMILL_API_KEY", "unused"),
                                max_retries=0)
         times = [ttft(client, request.messages, args.output_len) for request in workload]
@@ -88,7 +92,8 @@ def main() -> None:
     p99 = statistics.quantiles(ms, n=100, method="inclusive")[98]
     print(f"{datetime.date.today()}, {cpu_model()} ({', '.join(cpu_features())}), {os.cpu_count()} cores; "
           f"server {'at ' + url if args.url else 'started with ' + repr(args.engine_args)}; ready after "
-          f"{ready_s:.1f} s; {args.requests} chat requests one at a time, {args.output_len} output tokens")
+          f"{ready_s:.1f} s; {args.requests} chat requests one at a time, {args.input_len} prompt tokens, "
+          f"{args.output_len} output tokens")
     print("TTFT ms, in order: " + ", ".join(f"{x:.0f}" for x in ms))
     rows = [["first request TTFT (ms)", f"{ms[0]:.0f}"], ["tenth request TTFT (ms)", f"{ms[9]:.0f}"],
             ["first / tenth", f"{ms[0] / ms[9]:.2f}"], ["TTFT p50 (ms)", f"{p50:.0f}"], ["TTFT p99 (ms)", f"{p99:.0f}"],
