@@ -39,9 +39,10 @@ def make_llm() -> Callable[..., LLM]:
     """LLMs on the real default model, built once per distinct set of arguments."""
 
     def make(**kwargs) -> LLM:
-        key = tuple(sorted(kwargs.items()))
+        options = {"dtype": "float32", "quantization": "none", "kv_cache_memory": 256 * 2**20, **kwargs}
+        key = tuple(sorted(options.items()))  # the same engine, however its options were spelled
         if key not in _llms:
-            _llms[key] = LLM(**{"dtype": "float32", "quantization": "none", "kv_cache_memory": 256 * 2**20, **kwargs})
+            _llms[key] = LLM(**options)
         return _llms[key]
 
     return make

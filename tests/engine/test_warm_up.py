@@ -1,5 +1,8 @@
 """Warm-up runs every lazily prepared step before the first request and leaves nothing behind."""
 
+import gc
+
+from tokenmill import LLM
 from tokenmill.runner.step_graph import MAX_ROWS
 from tokenmill.sampling_params import SamplingParams
 
@@ -7,7 +10,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
 
 
 def test_warm_up_captures_every_batch_size_and_leaves_the_engine_as_new(make_llm):
-    warmed, eager = make_llm(kv_cache_memory=96 * 2**20), make_llm(kv_cache_memory=96 * 2**20, enforce_eager=True)
+    """A fresh engine of its own (freed after), against the session's eager one."""
+    warmed = LLM(dtype="float32", quantization="none", kv_cache_memory=32 * 2**20)
+    eager = make_llm(enforce_eager=True)
     engine = warmed.engine
     assert engine.warm_up() > 0
     graphs = engine.runner.decode_graphs
@@ -20,3 +25,5 @@ def test_warm_up_captures_every_batch_size_and_leaves_the_engine_as_new(make_llm
     outputs = [o.outputs[0].token_ids for o in warmed.generate(PROMPTS, params, use_tqdm=False)]
     assert outputs == [o.outputs[0].token_ids for o in eager.generate(PROMPTS, params, use_tqdm=False)]
     assert engine.stats().prefix_cache_hits == 0  # the warm-up's blocks are no prefix of these prompts
+    del warmed, engine
+    gc.collect()
