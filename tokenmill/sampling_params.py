@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tokenmill.structured.params import StructuredOutputsParams
+
 MAX_LOGPROBS = 20
 
 
@@ -28,6 +30,7 @@ class SamplingParams:
     logprobs: int | None = None  # top-n logprobs per generated token
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling
+    structured_outputs: StructuredOutputsParams | None = None  # a JSON schema, regex, choice or grammar
     stop_strings: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class SamplingParams:
                f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         _check(all(math.isfinite(v) for v in (self.logit_bias or {}).values()), "logit_bias",
                "logit_bias values must be finite numbers")
+        _check(self.structured_outputs is None or not self.ignore_eos, "ignore_eos",
+               "ignore_eos cannot go with structured_outputs: the grammar ends the output with EOS")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         _check(all(isinstance(s, str) and s for s in stops), "stop", "stop strings must be non-empty strings")
 

@@ -21,6 +21,7 @@ from tokenmill.kv.kv_manager import KVCacheManager
 from tokenmill.model.loader import load_model
 from tokenmill.runner.model_runner import ModelRunner
 from tokenmill.sampling_params import SamplingParams
+from tokenmill.structured.params import StructuredOutputsError
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ class LLMEngine:
         if returns_prompt_rows and params.n > 1:
             raise InvalidRequestError("n", "a request for prompt rows has one sample (n = 1)")
         token_ids = self._checked(prompt_token_ids, returns_prompt_rows)
+        if params.structured_outputs is not None:
+            try:
+                self.runner.grammars.grammar(params.structured_outputs)
+            except StructuredOutputsError as exc:
+                raise InvalidRequestError(exc.param, str(exc)) from exc
         bad_bias = [t for t in params.logit_bias or {} if not 0 <= t < self.arch.vocab_size]
         if bad_bias:
             raise InvalidRequestError("logit_bias", f"logit_bias token id {bad_bias[0]} is outside the vocabulary "

@@ -12,6 +12,7 @@ import torch
 
 from tokenmill.outputs import Logprob
 from tokenmill.runner.input_batch import RunnerSequence
+from tokenmill.structured.grammar import allowed_tokens
 
 
 @dataclass
@@ -31,8 +32,13 @@ class Sampler:
         logits = self._apply_penalties(logits, seqs)
         logits = _add_logit_bias(logits, seqs)
         logits = self._block_early_stop(logits, seqs)
+        logits = _mask_by_grammar(logits, seqs)
         token_ids = self._sample(logits, seqs)
-        return SamplerOutput(token_ids.tolist(), _gather_logprobs(logprobs, token_ids, seqs))
+        chosen = token_ids.tolist()
+        for seq, token_id in zip(seqs, chosen):
+            if seq.grammar is not None:
+                seq.grammar.consume_token(token_id)
+        return SamplerOutput(chosen, _gather_logprobs(logprobs, token_ids, seqs))
 
     def _sample(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         greedy = logits.argmax(-1)
@@ -103,6 +109,17 @@ def _add_logit_bias(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.T
         return logits
     index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
     return logits.index_put(index, torch.tensor(values, dtype=logits.dtype, device=logits.device), accumulate=True)
+
+
+def _mask_by_grammar(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
+    """Rows of constrained sequences keep only the tokens their grammar allows next."""
+    rows = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
+    if not rows:
+        return logits
+    allowed = allowed_tokens([seqs[row].grammar for row in rows], logits.shape[-1]).to(logits.device)
+    logits = logits.clone()
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
+    return logits
 
 
 def _filter(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:

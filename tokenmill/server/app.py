@@ -23,6 +23,7 @@ from tokenmill.server.config import ServerConfig
 from tokenmill.server.errors import APIError, bad_request
 from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
+from tokenmill.structured.grammar import GrammarCompiler
 from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, RequestLimits, parse_body
 
 
@@ -67,7 +68,7 @@ def _public_routes(state: ServerState) -> APIRouter:
 def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     router = APIRouter(prefix="/v1")
     model_name = state.config.served_model_name
-    limits = RequestLimits(state.config.max_n, tokenizer.vocab_size)
+    limits = RequestLimits(state.config.max_n, tokenizer.vocab_size, GrammarCompiler(tokenizer, tokenizer.vocab_size))
 
     @router.get("/models")
     async def models() -> dict:

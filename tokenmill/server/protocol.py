@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tokenmill.sampling_params import MAX_LOGPROBS, SamplingParams, SamplingParamsError
 from tokenmill.server.errors import bad_request
 from tokenmill.server.json_depth import MAX_JSON_DEPTH, nests_deeper_than
+from tokenmill.server.structured_fields import StructuredFields
+from tokenmill.structured.grammar import GrammarCompiler
+from tokenmill.structured.params import StructuredOutputsError, StructuredOutputsParams
 
 # The roles OpenAI's chat API defines ("function" is its older name for "tool"); anything else is
 # refused by name rather than rendered into the prompt as text the model never saw in training.
@@ -27,7 +30,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(StructuredFields):
     """Fields the two endpoints share."""
 
     model_config = ConfigDict(extra="ignore", strict=False)
@@ -64,6 +67,7 @@ class _SamplingRequest(BaseModel):
     def _sampling_params(self, max_tokens: int | None, logprobs: int | None, limits: RequestLimits) -> SamplingParams:
         if not 1 <= self.n <= limits.max_n:
             raise bad_request(f"n must be in [1, {limits.max_n}], got {self.n}", "n")
+        constraint = self._checked_constraint(limits.grammars)
         try:
             return SamplingParams(
                 n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
@@ -72,11 +76,24 @@ class _SamplingRequest(BaseModel):
                 min_tokens=self.min_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
                 ignore_eos=self.ignore_eos, include_stop_str_in_output=self.include_stop_str_in_output,
                 logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
-                logit_bias=self._logit_bias(limits.vocab_size),
+                logit_bias=self._logit_bias(limits.vocab_size), structured_outputs=constraint,
             )  # fmt: skip
         except SamplingParamsError as exc:
             raise bad_request(str(exc), exc.param) from exc
 
+
+    def _checked_constraint(self, grammars: GrammarCompiler) -> StructuredOutputsParams | None:
+        """The output constraint, compiled here so that one the backend refuses is a 400 before
+        the request reaches the engine."""
+        found = self.output_constraint()
+        if found is None:
+            return None
+        constraint, field = found
+        try:
+            grammars.grammar(constraint, field)
+        except StructuredOutputsError as exc:
+            raise bad_request(str(exc), field) from exc
+        return constraint
 
     def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
         if not self.logit_bias:
@@ -95,10 +112,11 @@ class _SamplingRequest(BaseModel):
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What the server allows a request beyond its fields' own ranges."""
+    """What the server checks a request against beyond its fields' own ranges."""
 
     max_n: int
     vocab_size: int
+    grammars: GrammarCompiler  # output constraints must compile
 
 
 class CompletionRequest(_SamplingRequest):

@@ -125,7 +125,8 @@ class Speculator:
 def _verifiable(item: ProposalInput) -> bool:
     """Nothing that makes a token depend on more than its logits row: no penalties (they count the
     tokens before it), no min_tokens pending, no logprobs requested (verification reports none), and
-    no logit_bias (verification reads the model's own logits)."""
+    no logit_bias nor structured outputs (verification reads the model's own logits)."""
     p = item.seq.params
     return (p.logprobs is None and item.num_output_tokens >= p.min_tokens and not p.logit_bias
+            and p.structured_outputs is None
             and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty)

@@ -1,0 +1,1 @@
+"""Structured generation: outputs that follow a JSON schema, a regex, a choice or a grammar."""

@@ -1,0 +1,60 @@
+"""The grammar backend, llguidance: a request's constraint compiled once per distinct constraint
+(cached), and a matcher per sequence that gives the bitmask of tokens allowed next and advances on
+each token sampled.
+
+llguidance, because it builds its token trie straight from the model's tokenizers JSON (no
+transformers object), takes JSON Schema, regexes, choices and Lark/GBNF grammars through one
+entry point, and on the default model (49,152 tokens, this 2-core CPU) makes a JSON-schema
+matcher in about 0.5 ms and a first mask in about 1.4 ms: compiling costs less than a decode
+step, so it runs where the sequence is first scheduled, without a compile queue.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import llguidance
+import torch
+
+from tokenmill.model.tokenizer import Tokenizer
+from tokenmill.structured.params import StructuredOutputsError, StructuredOutputsParams
+
+
+class GrammarCompiler:
+    """Turns constraints into llguidance grammars (validated, cached) and matchers."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
+        """vocab_size: the width of the model's logits, which the masks cover."""
+        self.vocab_size = vocab_size
+        self._tokenizer = llguidance.LLTokenizer(tokenizer.to_json(), n_vocab=vocab_size,
+                                                 eos_token=tokenizer.eos_token_id)
+        self._grammar = functools.lru_cache(maxsize=256)(self._compile)
+
+    def grammar(self, params: StructuredOutputsParams, param: str = "structured_outputs") -> str:
+        """The constraint as an llguidance grammar; StructuredOutputsError (naming param) if the
+        backend cannot use it."""
+        grammar, error = self._grammar(params.key)
+        if error:
+            raise StructuredOutputsError(param, f"{param}: the grammar backend cannot use this constraint: {error}")
+        return grammar
+
+    def matcher(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
+        return llguidance.LLMatcher(self._tokenizer, self.grammar(params), log_level=0)
+
+    def _compile(self, key: tuple[str, str]) -> tuple[str, str]:
+        kind, text = key
+        try:
+            grammar = llguidance.grammar_from(kind, text)
+        except ValueError as exc:
+            return "", str(exc)
+        return grammar, llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
+
+
+def allowed_tokens(matchers: list[llguidance.LLMatcher], vocab_size: int) -> torch.Tensor:
+    """[len(matchers), vocab_size] bool: the tokens each matcher allows next."""
+    words = (vocab_size + 31) // 32
+    bitmask = torch.empty(len(matchers), words, dtype=torch.int32)
+    for row, matcher in enumerate(matchers):
+        matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), words * 4)
+    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    return bits.view(len(matchers), words * 32)[:, :vocab_size].bool()
