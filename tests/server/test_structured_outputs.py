@@ -61,3 +61,13 @@ def test_a_refused_constraint_is_a_400_naming_the_field(client, extra, field):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=5, extra_body=extra)
     assert info.value.body["param"] == field
+
+
+def test_compile_and_mask_times_are_in_the_metrics(client, server):
+    client.completions.create(model=MODEL, prompt="The best fruit is", max_tokens=10, temperature=0,
+                              extra_body={"guided_choice": ["apple", "pear", "fig"]})
+    server.wait_idle()
+    steps = server.metric("tokenmill:structured_output_masked_steps_total")
+    mask = server.metric("tokenmill:structured_output_mask_seconds_total")
+    assert steps >= 1 and 0 < mask < steps  # each step's mask well under a second
+    assert server.metric("tokenmill:structured_output_compile_seconds_total") > 0

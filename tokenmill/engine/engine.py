@@ -248,7 +248,7 @@ class LLMEngine:
             prefix_cache_hits=cache.num_hit_tokens if cache is not None else 0,
             speculative_method=self.speculative_method, spec_draft_tokens=self._num_draft_tokens,
             spec_accepted_tokens=self._num_accepted_tokens, num_blocks=kv.num_blocks,
-            num_free_blocks=kv.num_free_blocks,
+            num_free_blocks=kv.num_free_blocks, **self.runner.grammar_timings(),
         )
 
     @torch.inference_mode()

@@ -18,6 +18,9 @@ class EngineStats:
     spec_accepted_tokens: int = 0  # of those, tokens the model accepted
     num_blocks: int = 0  # the KV pool's blocks
     num_free_blocks: int = 0
+    grammar_compile_seconds: float = 0.0  # structured outputs: compiling constraints and building matchers, since start
+    grammar_mask_seconds: float = 0.0  # computing and applying the token masks, since start
+    grammar_masked_steps: int = 0  # sampler calls that masked at least one row
 
     @property
     def spec_acceptance_rate(self) -> float:

@@ -67,6 +67,12 @@ class ModelRunner:
         """Built at the first constrained request: its tokenizer trie takes a fifth of a second."""
         return GrammarCompiler(self._tokenizer, self.arch.vocab_size)
 
+    def grammar_timings(self) -> dict[str, float]:
+        """Structured outputs' cumulative costs, as EngineStats fields (zeros before the first constrained request)."""
+        compile_seconds = self.grammars.compile_seconds if "grammars" in vars(self) else 0.0
+        return dict(grammar_compile_seconds=compile_seconds, grammar_mask_seconds=self.sampler.grammar_mask_seconds,
+                    grammar_masked_steps=self.sampler.grammar_masked_steps)
+
     @property
     def max_captured_batch_size(self) -> int:
         """The most sequences a captured decode step takes (0: every step is eager)."""

@@ -6,6 +6,7 @@ reading each request's parameters and drawing noise for requests that carry thei
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ class Sampler:
     def __init__(self, seed: int, device: torch.device, eos_token_id: int | None) -> None:
         self.generator = torch.Generator(device).manual_seed(seed)
         self.eos_token_id = eos_token_id
+        self.grammar_mask_seconds = 0.0  # structured outputs: computing and applying masks, since start
+        self.grammar_masked_steps = 0
 
     def __call__(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> SamplerOutput:
         params = [s.params for s in seqs]
@@ -32,7 +35,11 @@ class Sampler:
         logits = self._apply_penalties(logits, seqs)
         logits = _add_logit_bias(logits, seqs)
         logits = self._block_early_stop(logits, seqs)
-        logits = _mask_by_grammar(logits, seqs)
+        if any(seq.grammar is not None for seq in seqs):
+            start = time.perf_counter()
+            logits = _mask_by_grammar(logits, seqs)
+            self.grammar_mask_seconds += time.perf_counter() - start
+            self.grammar_masked_steps += 1
         token_ids = self._sample(logits, seqs)
         chosen = token_ids.tolist()
         for seq, token_id in zip(seqs, chosen):
@@ -114,8 +121,6 @@ def _add_logit_bias(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.T
 def _mask_by_grammar(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
     """Rows of constrained sequences keep only the tokens their grammar allows next."""
     rows = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
-    if not rows:
-        return logits
     allowed = allowed_tokens([seqs[row].grammar for row in rows], logits.shape[-1]).to(logits.device)
     logits = logits.clone()
     logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))

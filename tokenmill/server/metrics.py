@@ -45,6 +45,15 @@ class ServerMetrics:
                                    [*labels, "method"], registry=self.registry)
         self.spec_accepted = Counter("tokenmill:spec_decode_num_accepted_tokens",
                                      "Proposed tokens the model accepted", [*labels, "method"], registry=self.registry)
+        self.grammar_compile = Counter("tokenmill:structured_output_compile_seconds",
+                                       "Seconds compiling output constraints and building their matchers", labels,
+                                       registry=self.registry)
+        self.grammar_mask = Counter("tokenmill:structured_output_mask_seconds",
+                                    "Seconds computing and applying structured outputs' token masks", labels,
+                                    registry=self.registry)
+        self.grammar_steps = Counter("tokenmill:structured_output_masked_steps",
+                                     "Steps that masked constrained rows (mask seconds / steps: the time per step)",
+                                     labels, registry=self.registry)
         self.success = Counter("tokenmill:request_success", "Requests finished, by reason",
                                [*labels, "finished_reason"], registry=self.registry)
         self.rejected = Counter("tokenmill:request_rejected", "Requests refused, by reason", [*labels, "reason"],
@@ -64,6 +73,9 @@ class ServerMetrics:
         self.preemptions.labels(name).inc(stats.num_preemptions - seen.num_preemptions)
         self.prefix_queries.labels(name).inc(stats.prefix_cache_queries - seen.prefix_cache_queries)
         self.prefix_hits.labels(name).inc(stats.prefix_cache_hits - seen.prefix_cache_hits)
+        self.grammar_compile.labels(name).inc(stats.grammar_compile_seconds - seen.grammar_compile_seconds)
+        self.grammar_mask.labels(name).inc(stats.grammar_mask_seconds - seen.grammar_mask_seconds)
+        self.grammar_steps.labels(name).inc(stats.grammar_masked_steps - seen.grammar_masked_steps)
         if stats.speculative_method is not None:  # acceptance rate: accepted / draft tokens
             method = stats.speculative_method
             self.spec_drafts.labels(name, method).inc(stats.spec_draft_tokens - seen.spec_draft_tokens)

@@ -12,6 +12,7 @@ step, so it runs where the sequence is first scheduled, without a compile queue.
 from __future__ import annotations
 
 import functools
+import time
 
 import llguidance
 import torch
@@ -26,6 +27,7 @@ class GrammarCompiler:
     def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
         """vocab_size: the width of the model's logits, which the masks cover."""
         self.vocab_size = vocab_size
+        self.compile_seconds = 0.0  # spent in grammar compilation and matcher building, since start
         self._tokenizer = llguidance.LLTokenizer(tokenizer.to_json(), n_vocab=vocab_size,
                                                  eos_token=tokenizer.eos_token_id)
         self._grammar = functools.lru_cache(maxsize=256)(self._compile)
@@ -39,15 +41,22 @@ class GrammarCompiler:
         return grammar
 
     def matcher(self, params: StructuredOutputsParams) -> llguidance.LLMatcher:
-        return llguidance.LLMatcher(self._tokenizer, self.grammar(params), log_level=0)
+        grammar = self.grammar(params)
+        start = time.perf_counter()
+        matcher = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
+        self.compile_seconds += time.perf_counter() - start
+        return matcher
 
     def _compile(self, key: tuple[str, str]) -> tuple[str, str]:
+        start = time.perf_counter()
         kind, text = key
         try:
             grammar = llguidance.grammar_from(kind, text)
+            return grammar, llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
         except ValueError as exc:
             return "", str(exc)
-        return grammar, llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
+        finally:
+            self.compile_seconds += time.perf_counter() - start
 
 
 def allowed_tokens(matchers: list[llguidance.LLMatcher], vocab_size: int) -> torch.Tensor:
