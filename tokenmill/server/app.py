@@ -23,8 +23,8 @@ from tokenmill.server.config import ServerConfig
 from tokenmill.server.errors import APIError, bad_request
 from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
-from tokenmill.structured.grammar import GrammarCompiler
 from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, RequestLimits, parse_body
+from tokenmill.structured.grammar import GrammarCompiler
 
 
 def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
