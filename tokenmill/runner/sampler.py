@@ -33,8 +33,7 @@ class Sampler:
         params = [s.params for s in seqs]
         logprobs = logits.log_softmax(-1) if any(p.logprobs is not None for p in params) else None
         logits = self._apply_penalties(logits, seqs)
-        logits = _add_logit_bias(logits, seqs)
-        logits = self._block_early_stop(logits, seqs)
+        logits = self._add_token_biases(logits, seqs)
         if any(seq.grammar is not None for seq in seqs):
             start = time.perf_counter()
             logits = _mask_by_grammar(logits, seqs)
@@ -86,36 +85,24 @@ class Sampler:
         logits = logits - _column([p.frequency_penalty for p in params], logits) * output_counts
         return logits - _column([p.presence_penalty for p in params], logits) * (output_counts > 0)
 
-    def _block_early_stop(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
-        """Below min_tokens, the tokens that would stop the sequence cannot be sampled."""
-        rows, cols = [], []
+    def _add_token_biases(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
+        """Per-token additions, in one indexed add over the batch: each request's logit_bias, and
+        below min_tokens -inf on the tokens that would stop the sequence (they cannot be sampled)."""
+        rows, cols, values = [], [], []
         for row, seq in enumerate(seqs):
+            bias = seq.params.logit_bias or {}
+            stop_ids = []
             if seq.num_output_tokens < seq.params.min_tokens:
                 stop_ids = list(seq.params.stop_token_ids or [])
                 if not seq.params.ignore_eos and self.eos_token_id is not None:
                     stop_ids.append(self.eos_token_id)
-                rows += [row] * len(stop_ids)
-                cols += stop_ids
+            rows += [row] * (len(bias) + len(stop_ids))
+            cols += [*bias, *stop_ids]
+            values += [*bias.values(), *[float("-inf")] * len(stop_ids)]
         if not rows:
             return logits
-        logits = logits.clone()
-        logits[rows, cols] = float("-inf")
-        return logits
-
-
-def _add_logit_bias(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
-    """Each request's logit_bias added to its row, in one indexed add over the batch."""
-    rows, cols, values = [], [], []
-    for row, seq in enumerate(seqs):
-        bias = seq.params.logit_bias
-        if bias:
-            rows += [row] * len(bias)
-            cols += list(bias)
-            values += list(bias.values())
-    if not rows:
-        return logits
-    index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
-    return logits.index_put(index, torch.tensor(values, dtype=logits.dtype, device=logits.device), accumulate=True)
+        index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
+        return logits.index_put(index, torch.tensor(values, dtype=logits.dtype, device=logits.device), accumulate=True)
 
 
 def _mask_by_grammar(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
