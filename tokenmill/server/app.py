@@ -25,6 +25,7 @@ from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
 from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, RequestLimits, parse_body
 from tokenmill.structured.grammar import GrammarCompiler
+from tokenmill.tool_calls.format import ToolCallFormat
 
 
 def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
@@ -69,6 +70,7 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     router = APIRouter(prefix="/v1")
     model_name = state.config.served_model_name
     limits = RequestLimits(state.config.max_n, tokenizer.vocab_size, GrammarCompiler(tokenizer, tokenizer.vocab_size))
+    tool_format = ToolCallFormat()
 
     @router.get("/models")
     async def models() -> dict:
@@ -93,16 +95,18 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         body: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
         _check_model(body.model, model_name)
-        params = body.sampling_params(limits)
+        use = body.tool_use()
+        params = body.sampling_params(limits, tool_format.constraint(use) if use is not None else None)
         try:
-            text = tokenizer.apply_chat_template(body.conversation(), body.add_generation_prompt)
+            text = tokenizer.apply_chat_template(body.conversation(tool_format, use), body.add_generation_prompt)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
         run = _start(state, tokenizer.encode(text), params, body, "chatcmpl", "messages")
+        calls_in = tool_format if use is not None else None  # the answers are parsed for calls
         if body.stream:
-            return _sse(_stream_chat(run, model_name, body.include_usage))
+            return _sse(_stream_chat(run, model_name, body.include_usage, calls_in))
         await _unless_disconnected(request, _consume(run))
-        return JSONResponse(responses.chat_body(run, model_name))
+        return JSONResponse(responses.chat_body(run, model_name, calls_in))
 
     return router
 
@@ -181,15 +185,20 @@ async def _stream_completion(run: RequestRun, model: str, include_usage: bool) -
     yield responses.sse("[DONE]")
 
 
-async def _stream_chat(run: RequestRun, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _stream_chat(run: RequestRun, model: str, include_usage: bool, tool_format: ToolCallFormat | None,
+                       ) -> AsyncIterator[str]:  # fmt: skip
+    chat_deltas = responses.ChatDeltas(run.params.n, tool_format)
     try:
         for index in range(run.params.n):
             yield responses.sse(responses.chat_chunk(run, model, index, {"role": "assistant", "content": ""}, None))
         async with aclosing(run.deltas()) as deltas:
             async for delta in deltas:
                 for c in delta.completions:
-                    if not responses.is_empty(c):
-                        yield responses.sse(responses.chat_chunk(run, model, c.index, {"content": c.text}, c))
+                    if responses.is_empty(c):
+                        continue
+                    chunk_delta, finish_reason = chat_deltas.delta(c)
+                    if chunk_delta or finish_reason is not None or c.logprobs:
+                        yield responses.sse(responses.chat_chunk(run, model, c.index, chunk_delta, c, finish_reason))
         if include_usage:
             yield responses.sse(responses.usage_chunk(run, model, "chat.completion.chunk"))
     except APIError as exc:

@@ -19,6 +19,8 @@ from tokenmill.server.json_depth import MAX_JSON_DEPTH, nests_deeper_than
 from tokenmill.server.structured_fields import StructuredFields
 from tokenmill.structured.grammar import GrammarCompiler
 from tokenmill.structured.params import StructuredOutputsError, StructuredOutputsParams
+from tokenmill.tool_calls.format import ToolCallFormat
+from tokenmill.tool_calls.tools import ToolError, ToolUse
 
 # The roles OpenAI's chat API defines ("function" is its older name for "tool"); anything else is
 # refused by name rather than rendered into the prompt as text the model never saw in training.
@@ -64,10 +66,11 @@ class _SamplingRequest(StructuredFields):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def _sampling_params(self, max_tokens: int | None, logprobs: int | None, limits: RequestLimits) -> SamplingParams:
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None, limits: RequestLimits,
+                         tool_constraint: StructuredOutputsParams | None = None) -> SamplingParams:  # fmt: skip
         if not 1 <= self.n <= limits.max_n:
             raise bad_request(f"n must be in [1, {limits.max_n}], got {self.n}", "n")
-        constraint = self._checked_constraint(limits.grammars)
+        constraint = self._checked_constraint(limits.grammars, tool_constraint)
         try:
             return SamplingParams(
                 n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
@@ -82,10 +85,16 @@ class _SamplingRequest(StructuredFields):
             raise bad_request(str(exc), exc.param) from exc
 
 
-    def _checked_constraint(self, grammars: GrammarCompiler) -> StructuredOutputsParams | None:
-        """The output constraint, compiled here so that one the backend refuses is a 400 before
-        the request reaches the engine."""
+    def _checked_constraint(self, grammars: GrammarCompiler, tool_constraint: StructuredOutputsParams | None,
+                            ) -> StructuredOutputsParams | None:  # fmt: skip
+        """The output constraint (the request's own, or the one its tools make), compiled here so that
+        one the backend refuses is a 400 before the request reaches the engine."""
         found = self.output_constraint()
+        if found is not None and tool_constraint is not None:
+            raise bad_request(f"{found[1]} cannot be combined with tool calls; "
+                              f'send tool_choice "none" or no output constraint', found[1])
+        if tool_constraint is not None:
+            found = tool_constraint, "tools"
         if found is None:
             return None
         constraint, field = found
@@ -159,6 +168,8 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result: the call it answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -172,17 +183,29 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
-    def conversation(self) -> list[dict[str, str]]:
+    def tool_use(self) -> ToolUse | None:
+        """What the model may do with the tools offered; None when it may call nothing."""
+        try:
+            return ToolUse.from_openai(self.tools, self.tool_choice, self.parallel_tool_calls)
+        except ToolError as exc:
+            raise bad_request(str(exc), exc.param) from exc
+
+    def conversation(self, tool_format: ToolCallFormat, use: ToolUse | None) -> list[dict[str, str]]:
         if not self.messages:
             raise bad_request("messages must not be empty", "messages")
         for index, message in enumerate(self.messages):
             if message.role not in CHAT_ROLES:
                 raise bad_request(f"messages[{index}].role {message.role!r} is not one of {', '.join(CHAT_ROLES)}",
                                   "messages")
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        messages = [{"role": m.role, "content": m.text(), "tool_calls": m.tool_calls} for m in self.messages]
+        return tool_format.conversation(messages, use)
 
-    def sampling_params(self, limits: RequestLimits) -> SamplingParams:
+    def sampling_params(self, limits: RequestLimits, tool_constraint: StructuredOutputsParams | None = None,
+                        ) -> SamplingParams:  # fmt: skip
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_LOGPROBS:
             raise bad_request(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {self.top_logprobs}", "top_logprobs")
         if self.top_logprobs and not self.logprobs:
@@ -191,7 +214,8 @@ class ChatCompletionRequest(_SamplingRequest):
             max_tokens = _max_tokens(self.max_completion_tokens, "max_completion_tokens")
         else:
             max_tokens = _max_tokens(self.max_tokens, "max_tokens")
-        return self._sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None, limits)
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self._sampling_params(max_tokens, logprobs, limits, tool_constraint)
 
 
 def _max_tokens(value: int | None, param: str) -> int | None:

@@ -6,7 +6,9 @@ import json
 
 from tokenmill.engine.output_processor import CompletionDelta
 from tokenmill.outputs import Logprob
-from tokenmill.server.generation import RequestRun
+from tokenmill.server.generation import Choice, RequestRun
+from tokenmill.tool_calls.format import ToolCallFormat
+from tokenmill.tool_calls.parser import CallDelta, ToolCall, ToolCallParser
 
 
 def sse(payload: dict | str) -> str:
@@ -75,24 +77,67 @@ def chat_logprobs(pairs: list[tuple[int, dict[int, Logprob]]], n: int) -> dict:
     return {"content": content}
 
 
-def chat_body(run: RequestRun, model: str) -> dict:
+def chat_body(run: RequestRun, model: str, tool_format: ToolCallFormat | None) -> dict:
     n = run.params.logprobs
-    choices = [
-        {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-         "stop_reason": c.stop_reason, "logprobs": chat_logprobs(c.logprobs, n) if n is not None else None}
-        for i, c in enumerate(run.choices)
-    ]  # fmt: skip
+    choices = []
+    for i, c in enumerate(run.choices):
+        message, finish_reason = {"role": "assistant", "content": c.text}, c.finish_reason
+        if tool_format is not None:
+            parser = ToolCallParser(tool_format)
+            parser.feed(c.text)
+            parser.finish()
+            message, finish_reason = _tool_message(parser.content, parser.calls), _finish_reason(c, parser)
+        choices.append({"index": i, "message": message, "finish_reason": finish_reason, "stop_reason": c.stop_reason,
+                        "logprobs": chat_logprobs(c.logprobs, n) if n is not None else None})
     return {"id": run.request_id, "object": "chat.completion", "created": run.created, "model": model,
             "choices": choices, "usage": run.usage(), "timings": run.timings()}
 
 
-def chat_chunk(run: RequestRun, model: str, index: int, delta: dict, delta_out: CompletionDelta | None) -> dict:
+def _tool_message(content: str, calls: list[ToolCall]) -> dict:
+    if not calls:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": content.strip() or None, "tool_calls": [c.openai_dict() for c in calls]}
+
+
+def _finish_reason(choice: Choice | CompletionDelta, parser: ToolCallParser) -> str | None:
+    """OpenAI's "tool_calls" for an answer that ends having called tools."""
+    return "tool_calls" if parser.calls and choice.finish_reason == "stop" else choice.finish_reason
+
+
+class ChatDeltas:
+    """Engine deltas to chat-chunk deltas, each choice's text through a tool-call parser when tools are on."""
+
+    def __init__(self, n: int, tool_format: ToolCallFormat | None) -> None:
+        self._parsers = [ToolCallParser(tool_format) for _ in range(n)] if tool_format is not None else None
+
+    def delta(self, out: CompletionDelta) -> tuple[dict, str | None]:
+        """The chunk's delta and finish reason."""
+        if self._parsers is None:
+            return {"content": out.text}, out.finish_reason
+        parser = self._parsers[out.index]
+        parsed = parser.feed(out.text)
+        if out.finish_reason is not None:
+            parsed.content += parser.finish().content
+        delta: dict = {"content": parsed.content} if parsed.content else {}
+        if parsed.calls:
+            delta["tool_calls"] = [_call_delta(call) for call in parsed.calls]
+        return delta, _finish_reason(out, parser)
+
+
+def _call_delta(call: CallDelta) -> dict:
+    if call.id is None:
+        return {"index": call.index, "function": {"arguments": call.arguments}}
+    return {"index": call.index, "id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def chat_chunk(run: RequestRun, model: str, index: int, delta: dict, delta_out: CompletionDelta | None,
+               finish_reason: str | None = None) -> dict:  # fmt: skip
     n = run.params.logprobs
     logprobs = None
     if delta_out is not None and n is not None and delta_out.logprobs is not None:
         logprobs = chat_logprobs(list(zip(delta_out.token_ids, delta_out.logprobs)), n)
-    choice = {"index": index, "delta": delta, "logprobs": logprobs,
-              "finish_reason": delta_out.finish_reason if delta_out is not None else None}
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     return {"id": run.request_id, "object": "chat.completion.chunk", "created": run.created, "model": model,
             "choices": [choice]}
 
