@@ -97,6 +97,9 @@ class LLM:
         deltas = self._processor.process(self.engine.step())
         for request_id, indices in self._processor.take_aborts():
             self.engine.abort_request(request_id, indices)
+        for request_id, error in self.engine.take_rejected():
+            self._processor.forget(request_id)
+            raise error  # _run frees the rest of the batch
         return deltas
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

@@ -5,12 +5,14 @@ the constraint does not; constrained and free requests share a batch without cha
 import gc
 import json
 import re
+import threading
 
 import jsonschema
 import pytest
 
 from tokenmill import LLM, SamplingParams
 from tokenmill.engine.engine import InvalidRequestError
+from tokenmill.structured.grammar import GrammarCompiler
 from tokenmill.structured.params import StructuredOutputsParams
 
 PERSON = {
@@ -104,3 +106,37 @@ def test_n_samples_with_a_seed_each_follow_the_schema(llm):
     for text in first:
         jsonschema.validate(json.loads(text), PERSON)
     assert [c.text for c in llm.generate([PROMPT], params, use_tqdm=False)[0].outputs] == first
+
+
+def test_a_compiling_grammar_holds_up_only_its_own_request(llm, monkeypatch):
+    """The grammar compiles in the manager's thread: held there, its request waits unscheduled
+    while a free request runs to the end; released, the constrained one runs and validates."""
+    release = threading.Event()
+    build = GrammarCompiler.matcher
+
+    def held(compiler, params):
+        assert release.wait(60)
+        return build(compiler, params)
+
+    monkeypatch.setattr(GrammarCompiler, "matcher", held)
+    engine, tokenizer = llm.engine, llm.engine.tokenizer
+    schema = {**PERSON, "title": "held"}  # not compiled before, whatever ran first
+    constrained = engine.add_request(tokenizer.encode(PROMPT), SamplingParams(
+        max_tokens=80, temperature=0, structured_outputs=StructuredOutputsParams(json=schema)))
+    free = engine.add_request(tokenizer.encode("The capital of France is"), SamplingParams(max_tokens=8))
+    tokens: dict[str, list[int]] = {constrained: [], free: []}
+    finished: set[str] = set()
+
+    def step() -> None:
+        for out in engine.step():
+            tokens[out.request_id] += [t for sample in out.samples for t in sample.new_token_ids]
+            if out.finished:
+                finished.add(out.request_id)
+
+    while free not in finished:
+        step()
+    assert engine.requests[constrained].metrics.first_scheduled_time is None and not tokens[constrained]
+    release.set()
+    while constrained not in finished:
+        step()
+    jsonschema.validate(json.loads(tokenizer.decode(tokens[constrained])), schema)

@@ -106,7 +106,8 @@ def run_engine_core(
             return  # asked to, or orphaned: the front end is gone
         rejected = [r for m in messages if (r := _handle(engine, m)) is not None]
         outputs = engine.step() if engine.has_unfinished_requests() else []
-        if outputs or messages:
+        rejected += [RequestRejected(request_id, exc.param, str(exc)) for request_id, exc in engine.take_rejected()]
+        if outputs or messages or rejected:
             try:
                 outbox.send(StepOutputs(outputs, engine.stats(), rejected))
             except BrokenPipeError:

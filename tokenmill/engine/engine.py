@@ -3,6 +3,7 @@ text (detokenization, stop strings) is the front end's (engine/output_processor.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -14,16 +15,18 @@ from tokenmill.config import EngineConfig
 from tokenmill.engine.messages import EngineOutput, RunnerOutput, SampleOutput, SchedulerOutput
 from tokenmill.engine.request import Request
 from tokenmill.engine.scheduler import Scheduler, shared_prefix_len
-from tokenmill.engine.sequence import Sequence
+from tokenmill.engine.sequence import Sequence, SequenceStatus
 from tokenmill.engine.stats import EngineStats
 from tokenmill.engine.stop import check_stop
 from tokenmill.kv.kv_manager import KVCacheManager
 from tokenmill.model.loader import load_model
 from tokenmill.runner.model_runner import ModelRunner
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.structured.params import StructuredOutputsError
+from tokenmill.structured.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
+
+_GRAMMAR_WAIT_S = 0.005  # with nothing to run but grammars compiling, how long a step waits for one
 
 
 class InvalidRequestError(ValueError):
@@ -44,6 +47,7 @@ class LLMEngine:
                                          config.cache.enable_prefix_caching)
         self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv_manager)
+        self.structured = StructuredOutputManager(self.tokenizer, self.arch.vocab_size)
         spec = config.speculative
         if spec is not None:
             self.runner.enable_speculation(spec, self.max_model_len)
@@ -55,6 +59,7 @@ class LLMEngine:
         self._seqs: dict[int, Sequence] = {}
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
+        self._rejected: list[tuple[str, InvalidRequestError]] = []  # refused after add_request returned
 
     def _max_model_len(self, requested: int | None, lookahead: int) -> int:
         """The context limit: the model's, capped so that one sequence (and the slots its draft
@@ -82,11 +87,6 @@ class LLMEngine:
         if returns_prompt_rows and params.n > 1:
             raise InvalidRequestError("n", "a request for prompt rows has one sample (n = 1)")
         token_ids = self._checked(prompt_token_ids, returns_prompt_rows)
-        if params.structured_outputs is not None:
-            try:
-                self.runner.grammars.grammar(params.structured_outputs)
-            except StructuredOutputsError as exc:
-                raise InvalidRequestError(exc.param, str(exc)) from exc
         bad_bias = [t for t in params.logit_bias or {} if not 0 <= t < self.arch.vocab_size]
         if bad_bias:
             raise InvalidRequestError("logit_bias", f"logit_bias token id {bad_bias[0]} is outside the vocabulary "
@@ -95,7 +95,11 @@ class LLMEngine:
         self.requests[request_id] = Request(request_id, token_ids, params, seqs)
         for seq in seqs:
             self._seqs[seq.seq_id] = seq
-            self.scheduler.add(seq)
+            if params.structured_outputs is not None:  # scheduled once its grammar is compiled
+                seq.status = SequenceStatus.WAITING_FOR_GRAMMAR
+                self.structured.add(seq.seq_id, params.structured_outputs)
+            else:
+                self.scheduler.add(seq)
         return request_id
 
     def _checked(self, prompt_token_ids: Seq[int], fills_context: bool = False) -> list[int]:
@@ -141,6 +145,31 @@ class LLMEngine:
         del self.requests[request.request_id]
         for seq in request.seqs:
             del self._seqs[seq.seq_id]
+            self.structured.free(seq.seq_id)
+
+    def take_rejected(self) -> list[tuple[str, InvalidRequestError]]:
+        """Requests refused since the last call after add_request had taken them (an output
+        constraint the grammar backend could not compile); they produced no token and hold nothing."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def _admit_compiled(self) -> None:
+        """Sequences whose grammar is compiled join the scheduler; a request whose grammar failed is refused."""
+        ready, failed = self.structured.take_ready()
+        for seq_id in ready:
+            seq = self._seqs.get(seq_id)
+            if seq is not None and seq.status is SequenceStatus.WAITING_FOR_GRAMMAR:
+                self.scheduler.add(seq)
+        for seq_id, exc in failed.items():
+            seq = self._seqs.get(seq_id)
+            if seq is None:
+                continue  # a sibling sample's failure already refused the request
+            request = self.requests[seq.request_id]
+            for sibling in request.seqs:
+                if not sibling.is_finished:
+                    self.scheduler.finish(sibling, "abort")
+            self._forget(request)
+            self._rejected.append((request.request_id, InvalidRequestError(exc.param, str(exc))))
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -149,10 +178,16 @@ class LLMEngine:
 
     def step(self) -> list[EngineOutput]:
         """Runs one batched forward pass; returns what each request gained, if anything."""
+        if self.structured.compiling:
+            self._admit_compiled()
         sched = self.scheduler.schedule()
         if sched.is_empty:
+            if self.structured.compiling:
+                self.structured.wait(_GRAMMAR_WAIT_S)
             return []
         self._mark_scheduled(sched)
+        if self.structured.active:
+            sched = dataclasses.replace(sched, grammar_bitmask=self.structured.bitmask(self._sampling_seq_ids(sched)))
         result = self.runner.execute(sched)
         self.scheduler.update(result)
         self._num_draft_tokens += result.spec_counts.num_draft_tokens
@@ -171,6 +206,12 @@ class LLMEngine:
             request.metrics.num_preemptions += 1
             request.prompt_logprob_chunks.clear()  # its prompt is computed again from the start
             request.hidden_chunks.clear()
+
+    def _sampling_seq_ids(self, sched: SchedulerOutput) -> list[int]:
+        """The scheduled sequences that this step catches up, so that it samples their next token."""
+        return [seq_id for seq_id, n in sched.num_scheduled_tokens.items()
+                if self._seqs[seq_id].num_computed_tokens + n
+                == self._seqs[seq_id].num_tokens + len(sched.spec_token_ids.get(seq_id, ()))]  # fmt: skip
 
     def _keep_prompt_rows(self, result: RunnerOutput) -> None:
         for seq_id, logprobs in result.prompt_logprobs.items():
@@ -200,6 +241,7 @@ class LLMEngine:
         added: list[int] = []
         for token_id in token_ids:
             seq.append_token(token_id)
+            self.structured.accept(seq.seq_id, token_id)
             added.append(token_id)
             finish = check_stop(seq, token_id, self.tokenizer.eos_token_id, self.max_model_len)
             if finish is not None:
@@ -215,8 +257,9 @@ class LLMEngine:
         prefill chunk (the allocator's pages, oneDNN's primitives and prepacked weights) and a decode
         step at every batch size that is captured (runner/step_graph.py), so that a server's first
         requests run like its later ones. Leaves the engine idle with its counters at zero; returns
-        the seconds it took."""
+        the seconds it took. The grammar backend's tokenizer trie starts building meanwhile, in its thread."""
         start = time.monotonic()
+        self.structured.prepare()
         salt = "tokenmill-warm-up"  # its blocks are never a prefix of a real request's
         # One long prompt, then a ladder: sequence i of n decodes i steps, so the decode steps
         # take n, n - 1, ..., 1 sequences.
@@ -248,7 +291,9 @@ class LLMEngine:
             prefix_cache_hits=cache.num_hit_tokens if cache is not None else 0,
             speculative_method=self.speculative_method, spec_draft_tokens=self._num_draft_tokens,
             spec_accepted_tokens=self._num_accepted_tokens, num_blocks=kv.num_blocks,
-            num_free_blocks=kv.num_free_blocks, **self.runner.grammar_timings(),
+            num_free_blocks=kv.num_free_blocks, grammar_compile_seconds=self.structured.compile_seconds,
+            grammar_mask_seconds=self.structured.mask_seconds + self.runner.sampler.grammar_mask_seconds,
+            grammar_masked_steps=self.structured.masked_steps,
         )
 
     @torch.inference_mode()

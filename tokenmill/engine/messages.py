@@ -4,8 +4,8 @@ the engine core sends its front end.
 A sequence's full data crosses once (NewSequence, also after a preemption); after that only what
 changed (CachedSequence): tokens it gained, its table's entries from the first changed one, its
 computed count. Proposed tokens and the ids of sequences that ended or were preempted ride along.
-These messages hold ids and plain values only, so that a tensor-parallel driver can send them to
-its workers as they are; the runner answers with token ids, logprobs and the rows asked for.
+These messages hold ids and plain values only (and the step's grammar bitmask, a small int32
+tensor), so that a tensor-parallel driver can send them to its workers as they are; the runner answers with token ids, logprobs and the rows asked for.
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ class CachedSequence:
 
 
 @dataclass(frozen=True)
+class GrammarBitmask:
+    """Structured outputs' masks for one step: row i of `bits` (int32 words, bit t for token t)
+    holds the tokens sequence seq_ids[i] may sample next."""
+
+    seq_ids: list[int]
+    bits: torch.Tensor
+
+
+@dataclass(frozen=True)
 class SchedulerOutput:
     new_seqs: list[NewSequence] = field(default_factory=list)
     cached_seqs: list[CachedSequence] = field(default_factory=list)
@@ -49,6 +58,7 @@ class SchedulerOutput:
     spec_token_ids: dict[int, list[int]] = field(default_factory=dict)  # proposals scheduled for verification
     finished_seq_ids: list[int] = field(default_factory=list)  # ended since the last step: forget them
     preempted_seq_ids: list[int] = field(default_factory=list)  # freed this step: forget them until resent
+    grammar_bitmask: GrammarBitmask | None = None  # set by the engine for constrained sequences that sample
 
     @property
     def is_empty(self) -> bool:

@@ -12,6 +12,7 @@ from tokenmill.sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):
+    WAITING_FOR_GRAMMAR = "waiting_for_grammar"  # its output constraint is compiling: not yet scheduled
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"

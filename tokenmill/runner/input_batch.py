@@ -8,15 +8,12 @@ recompute continue the same random stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import llguidance
 import torch
 
 from tokenmill.engine.messages import CachedSequence, NewSequence, SchedulerOutput
 from tokenmill.sampling_params import SamplingParams
-from tokenmill.structured.params import StructuredOutputsParams
 
 
 @dataclass(eq=False)
@@ -32,7 +29,6 @@ class RunnerSequence:
     spec_token_ids: list[int] = field(default_factory=list)  # this step's proposals to verify
     spec_acceptance: float = 1.0  # its recent acceptance rate, which sets how many it is proposed
     num_draft_computed: int = 0  # a separate draft model: the tokens whose KV it has in its own pool
-    grammar: llguidance.LLMatcher | None = None  # structured outputs: where the output is in its grammar
 
     @property
     def num_tokens(self) -> int:
@@ -54,22 +50,18 @@ class RunnerSequence:
 class InputBatch:
     """seq id -> RunnerSequence for every sequence the runner serves; apply() gives a step's."""
 
-    def __init__(self, device: torch.device,
-                 make_matcher: Callable[[StructuredOutputsParams], llguidance.LLMatcher]) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seqs: dict[int, RunnerSequence] = {}
-        self._make_matcher = make_matcher
-        # Kept across preemption, until finished: the random stream and the grammar state go on
-        # where they were (a recompute keeps the output tokens).
+        # Kept across preemption, until finished: the random stream goes on where it was (a
+        # recompute keeps the output tokens).
         self._generators: dict[int, torch.Generator] = {}
-        self._matchers: dict[int, llguidance.LLMatcher] = {}
 
     def apply(self, sched: SchedulerOutput) -> list[tuple[RunnerSequence, int]]:
         """Folds the step's diffs in; returns the scheduled sequences with their token counts."""
         for seq_id in sched.finished_seq_ids:
             self.seqs.pop(seq_id, None)
             self._generators.pop(seq_id, None)
-            self._matchers.pop(seq_id, None)
         for seq_id in sched.preempted_seq_ids:
             self.seqs.pop(seq_id, None)
         for new in sched.new_seqs:
@@ -87,13 +79,8 @@ class InputBatch:
             generator = self._generators.get(new.seq_id)
             if generator is None:
                 generator = self._generators[new.seq_id] = torch.Generator(self.device).manual_seed(new.seed)
-        matcher = None
-        if new.params.structured_outputs is not None:
-            matcher = self._matchers.get(new.seq_id)
-            if matcher is None:
-                matcher = self._matchers[new.seq_id] = self._make_matcher(new.params.structured_outputs)
         return RunnerSequence(new.seq_id, list(new.token_ids), new.num_prompt_tokens, new.params, list(new.block_ids),
-                              new.num_computed_tokens, generator, new.returns_prompt_rows, grammar=matcher)
+                              new.num_computed_tokens, generator, new.returns_prompt_rows)
 
 
 def _update(seq: RunnerSequence, cached: CachedSequence) -> None:

@@ -3,7 +3,6 @@ copy of the scheduled sequences (runner/input_batch.py), the sampler and the spe
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import time
@@ -11,7 +10,7 @@ import time
 import torch
 
 from tokenmill.config import CacheConfig, ModelConfig, SpeculativeConfig
-from tokenmill.engine.messages import RunnerOutput, SchedulerOutput, SpecDecodeCounts
+from tokenmill.engine.messages import GrammarBitmask, RunnerOutput, SchedulerOutput, SpecDecodeCounts
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import ModelInput, prepare_input
@@ -23,7 +22,6 @@ from tokenmill.runner.sampler import Sampler
 from tokenmill.runner.step_graph import MAX_ROWS, DecodeGraphs
 from tokenmill.speculative.speculator import ProposalInput, Speculator
 from tokenmill.speculative.verify import accept_greedy, accept_sampled
-from tokenmill.structured.grammar import GrammarCompiler
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +44,7 @@ class ModelRunner:
         logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
                     self.attention.name)
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
-        self._tokenizer = loaded.tokenizer
-        self.input_batch = InputBatch(self.device, lambda params: self.grammars.matcher(params))
+        self.input_batch = InputBatch(self.device)
         self.speculator: Speculator | None = None
         self.decode_graphs: DecodeGraphs | None = None
 
@@ -62,17 +59,6 @@ class ModelRunner:
         if self.device.type == "cpu" and self.attention.name == "cpu":
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_model_len, self.block_size)
 
-    @functools.cached_property
-    def grammars(self) -> GrammarCompiler:
-        """Built at the first constrained request: its tokenizer trie takes a fifth of a second."""
-        return GrammarCompiler(self._tokenizer, self.arch.vocab_size)
-
-    def grammar_timings(self) -> dict[str, float]:
-        """Structured outputs' cumulative costs, as EngineStats fields (zeros before the first constrained request)."""
-        compile_seconds = self.grammars.compile_seconds if "grammars" in vars(self) else 0.0
-        return dict(grammar_compile_seconds=compile_seconds, grammar_mask_seconds=self.sampler.grammar_mask_seconds,
-                    grammar_masked_steps=self.sampler.grammar_masked_steps)
-
     @property
     def max_captured_batch_size(self) -> int:
         """The most sequences a captured decode step takes (0: every step is eager)."""
@@ -85,10 +71,10 @@ class ModelRunner:
         if logits is None:
             return RunnerOutput(prompt_logprobs=prompt_logprobs, hidden_states=hidden_states)
         if len(logits) == len(batch.sampled_seqs):  # no proposals this step
-            sampled = self.sampler(logits, batch.sampled_seqs)
+            sampled = self.sampler(logits, batch.sampled_seqs, sched.grammar_bitmask)
             token_ids, logprobs = [[t] for t in sampled.token_ids], sampled.logprobs
         else:
-            token_ids, logprobs = self._verify(logits, batch.sampled_seqs, batch.num_logits)
+            token_ids, logprobs = self._verify(logits, batch.sampled_seqs, batch.num_logits, sched.grammar_bitmask)
         seqs = batch.sampled_seqs
         counts, proposals = self._speculate(seqs, token_ids, rows, batch.num_logits)
         return RunnerOutput(
@@ -133,13 +119,13 @@ class ModelRunner:
             logprobs[seq_id] = torch.log_softmax(self.model.compute_logits(rows), dim=-1)
         return logprobs, states
 
-    def _verify(self, logits: torch.Tensor, seqs: list[RunnerSequence],
-                num_logits: list[int]) -> tuple[list[list[int]], list[dict[int, Logprob] | None]]:
+    def _verify(self, logits: torch.Tensor, seqs: list[RunnerSequence], num_logits: list[int],
+                grammar_bitmask: GrammarBitmask | None) -> tuple[list[list[int]], list[dict[int, Logprob] | None]]:
         """Sequences with proposals verify them over their rows (greedy, or by rejection sampling);
         the others sample their one row."""
         ends = list(itertools.accumulate(num_logits))
         plain = [i for i, n in enumerate(num_logits) if n == 1]
-        sampled = self.sampler(logits[[ends[i] - 1 for i in plain]], [seqs[i] for i in plain])
+        sampled = self.sampler(logits[[ends[i] - 1 for i in plain]], [seqs[i] for i in plain], grammar_bitmask)
         token_ids: list[list[int]] = [[] for _ in seqs]
         logprobs: list[dict[int, Logprob] | None] = [None] * len(seqs)
         for row, i in enumerate(plain):

@@ -13,7 +13,8 @@ import torch
 
 from tokenmill.outputs import Logprob
 from tokenmill.runner.input_batch import RunnerSequence
-from tokenmill.structured.grammar import allowed_tokens
+from tokenmill.engine.messages import GrammarBitmask
+from tokenmill.structured.grammar import unpack_bitmask
 
 
 @dataclass
@@ -26,25 +27,20 @@ class Sampler:
     def __init__(self, seed: int, device: torch.device, eos_token_id: int | None) -> None:
         self.generator = torch.Generator(device).manual_seed(seed)
         self.eos_token_id = eos_token_id
-        self.grammar_mask_seconds = 0.0  # structured outputs: computing and applying masks, since start
-        self.grammar_masked_steps = 0
+        self.grammar_mask_seconds = 0.0  # structured outputs: applying the engine's masks, since start
 
-    def __call__(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, seqs: list[RunnerSequence],
+                 grammar_bitmask: GrammarBitmask | None = None) -> SamplerOutput:  # fmt: skip
         params = [s.params for s in seqs]
         logprobs = logits.log_softmax(-1) if any(p.logprobs is not None for p in params) else None
         logits = self._apply_penalties(logits, seqs)
         logits = self._add_token_biases(logits, seqs)
-        if any(seq.grammar is not None for seq in seqs):
+        if grammar_bitmask is not None:
             start = time.perf_counter()
-            logits = _mask_by_grammar(logits, seqs)
+            logits = _mask_by_grammar(logits, seqs, grammar_bitmask)
             self.grammar_mask_seconds += time.perf_counter() - start
-            self.grammar_masked_steps += 1
         token_ids = self._sample(logits, seqs)
-        chosen = token_ids.tolist()
-        for seq, token_id in zip(seqs, chosen):
-            if seq.grammar is not None:
-                seq.grammar.consume_token(token_id)
-        return SamplerOutput(chosen, _gather_logprobs(logprobs, token_ids, seqs))
+        return SamplerOutput(token_ids.tolist(), _gather_logprobs(logprobs, token_ids, seqs))
 
     def _sample(self, logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
         greedy = logits.argmax(-1)
@@ -105,10 +101,15 @@ class Sampler:
         return logits.index_put(index, torch.tensor(values, dtype=logits.dtype, device=logits.device), accumulate=True)
 
 
-def _mask_by_grammar(logits: torch.Tensor, seqs: list[RunnerSequence]) -> torch.Tensor:
+def _mask_by_grammar(logits: torch.Tensor, seqs: list[RunnerSequence], grammar_bitmask: GrammarBitmask) -> torch.Tensor:
     """Rows of constrained sequences keep only the tokens their grammar allows next."""
-    rows = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
-    allowed = allowed_tokens([seqs[row].grammar for row in rows], logits.shape[-1]).to(logits.device)
+    row_of = {seq.seq_id: row for row, seq in enumerate(seqs)}
+    masked = [(row_of[seq_id], i) for i, seq_id in enumerate(grammar_bitmask.seq_ids) if seq_id in row_of]
+    if not masked:
+        return logits
+    rows, mask_rows = (list(column) for column in zip(*masked))
+    bits = grammar_bitmask.bits[mask_rows].to(logits.device)
+    allowed = unpack_bitmask(bits, logits.shape[-1])
     logits = logits.clone()
     logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
     return logits

@@ -6,7 +6,8 @@ llguidance, because it builds its token trie straight from the model's tokenizer
 transformers object), takes JSON Schema, regexes, choices and Lark/GBNF grammars through one
 entry point, and on the default model (49,152 tokens, this 2-core CPU) makes a JSON-schema
 matcher in about 0.5 ms and a first mask in about 1.4 ms: compiling costs less than a decode
-step, so it runs where the sequence is first scheduled, without a compile queue.
+step. It still runs off the step loop (structured/manager.py), since a large schema's first
+masks and the tokenizer trie cost more.
 """
 
 from __future__ import annotations
@@ -59,11 +60,16 @@ class GrammarCompiler:
             self.compile_seconds += time.perf_counter() - start
 
 
-def allowed_tokens(matchers: list[llguidance.LLMatcher], vocab_size: int) -> torch.Tensor:
-    """[len(matchers), vocab_size] bool: the tokens each matcher allows next."""
+def compute_bitmask(matchers: list[llguidance.LLMatcher], vocab_size: int) -> torch.Tensor:
+    """[len(matchers), ceil(vocab_size / 32)] int32: bit t of a row is set if its matcher allows token t next."""
     words = (vocab_size + 31) // 32
     bitmask = torch.empty(len(matchers), words, dtype=torch.int32)
     for row, matcher in enumerate(matchers):
         matcher.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), words * 4)
-    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-    return bits.view(len(matchers), words * 32)[:, :vocab_size].bool()
+    return bitmask
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab_size] bool from compute_bitmask's words."""
+    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32, device=bitmask.device)) & 1
+    return bits.view(len(bitmask), -1)[:, :vocab_size].bool()
