@@ -18,41 +18,17 @@ import argparse
 import datetime
 import os
 import shlex
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
-import httpx
 import openai
 
 from tokenmill.bench.chat_workloads import WorkloadSpec, build_workload
+from tokenmill.bench.local_server import LocalServer
 from tokenmill.bench.report import markdown_table
 from tokenmill.kernels.cpu_info import cpu_features, cpu_model
 from tokenmill.model.default import DEFAULT_MODEL_NAME, default_model_path
 from tokenmill.model.tokenizer import load_tokenizer
-
-
-def start_server(engine_args: str) -> tuple[str, subprocess.Popen]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *shlex.split(engine_args)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return f"http://127.0.0.1:{port}", process
-
-
-def wait_ready(url: str, timeout_s: float = 600) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not become ready in {timeout_s:.0f} s")
 
 
 def ttft(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> float:
@@ -74,9 +50,10 @@ def main() -> None:
     parser.add_argument("--engine-args", default="", help="options for the server this script starts")
     parser.add_argument("--url", default=None, help="measure a server started elsewhere instead")
     args = parser.parse_args()
-    url, process = (args.url, None) if args.url else start_server(args.engine_args)
+    server = None if args.url else LocalServer.launch(shlex.split(args.engine_args))
+    url = args.url or server.url
     try:
-        ready_s = wait_ready(url)
+        ready_s = server.wait_ready() if server is not None else 0.0
         tokenizer = load_tokenizer(default_model_path())
         spec = WorkloadSpec("chat", args.requests, input_len=(args.input_len, args.input_len))
         workload = build_workload(spec, tokenizer)
@@ -84,15 +61,14 @@ def main() -> None:
                                max_retries=0)
         times = [ttft(client, request.messages, args.output_len) for request in workload]
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(60)
+        if server is not None:
+            server.stop()
     ms = [1000 * t for t in times]
     p50 = statistics.median(ms)
     p99 = statistics.quantiles(ms, n=100, method="inclusive")[98]
     print(f"{datetime.date.today()}, {cpu_model()} ({', '.join(cpu_features())}), {os.cpu_count()} cores; "
           f"server {'at ' + url if args.url else 'started with ' + repr(args.engine_args)}; ready after "
-          f"{ready_s:.1f} s; {args.requests} chat requests one at a time, {args.input_len} prompt tokens, "
+          f"{ready_s:.1f} s (0: started elsewhere); {args.requests} chat requests one at a time, {args.input_len} prompt tokens, "
           f"{args.output_len} output tokens")
     print("TTFT ms, in order: " + ", ".join(f"{x:.0f}" for x in ms))
     rows = [["first request TTFT (ms)", f"{ms[0]:.0f}"], ["tenth request TTFT (ms)", f"{ms[9]:.0f}"],

@@ -18,21 +18,18 @@ import asyncio
 import datetime
 import os
 import shlex
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
 from tokenmill.bench.chat_workloads import ChatRequest
 from tokenmill.bench.client import RequestRecord, Target, run_level
+from tokenmill.bench.local_server import LocalServer
 from tokenmill.bench.report import command_line, load_average_note, markdown_table
 from tokenmill.kernels.cpu_info import cpu_model
 from tokenmill.bench.stats import percentile
@@ -102,23 +99,6 @@ def offline_decode_step(llm, prompt: str, output_len: int) -> float:
 # ---- the server ------------------------------------------------------------------------------------
 
 
-def start_server(log: Path, engine_args: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *engine_args, "--no-prefix-caching"]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.5)
-
-
 # ---- report ----------------------------------------------------------------------------------------
 
 
@@ -154,7 +134,9 @@ def main() -> None:
     chat_prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}]) for r in workload]
     top = max(args.concurrency)
     log = Path(tempfile.mkdtemp()) / "server.log"
-    process, url = start_server(log, engine_args)
+    server = LocalServer.launch([*engine_args, "--no-prefix-caching"], log)
+    server.wait_ready()
+    url = server.url
     try:
         offline_tps, top_levels = [], []
         for round_ in range(1, args.rounds + 1):
@@ -177,8 +159,7 @@ def main() -> None:
             else:
                 levels[c] = drive(url, requests, c)
     finally:
-        process.terminate()
-        process.wait(60)
+        server.stop()
     levels[top] = sorted(top_levels, key=lambda level: level.output_tps)[len(top_levels) // 2]
     offline = statistics.median(offline_tps)
     identical = sum(a.text == b for a, b in zip(levels[top].requests, offline_texts))

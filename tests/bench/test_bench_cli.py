@@ -76,3 +76,12 @@ def test_speculative_counts_reported_offline_and_from_a_servers_metrics(tmp_path
         assert counts["accepted"] == server.metric("tokenmill:spec_decode_num_accepted_tokens_total", method="ngram")
     finally:
         server.stop()
+
+
+def test_json_workload_sends_each_schema_and_reports_the_share_that_validates(server, tmp_path):
+    out = bench("serve", "--base-url", server.url, "--api-key", API_KEY, "--concurrency", "4", "--workload", "json",
+                "--num-requests", "8", "--out", str(tmp_path / "json.json"))
+    records = json.loads((tmp_path / "json.json").read_text())["levels"][0]["records"]
+    assert all(r["valid"] is True for r in records)  # the client's own jsonschema check of each output
+    assert all(r["output_tokens"] < 400 for r in records)  # the grammar ended them, not max_tokens
+    assert "outputs that parse and validate" in out and "100.0%" in out

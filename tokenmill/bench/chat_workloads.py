@@ -121,22 +121,29 @@ def _repetitive(tokenizer: TextTokenizer, rng: random.Random, n: int, inp: tuple
     return requests
 
 
-_FUNCTION_SCHEMA = {
-    "type": "json_schema",
-    "json_schema": {"name": "function_summary", "strict": True, "schema": {
-        "type": "object",
-        "properties": {"name": {"type": "string"}, "arguments": {"type": "array", "items": {"type": "string"}},
-                       "returns": {"type": "string"}, "summary": {"type": "string"}},
-        "required": ["name", "arguments", "returns", "summary"], "additionalProperties": False}},
-}  # fmt: skip
+JSON_TASKS_PATH = CORPUS_PATH.with_name("json_tasks.json")
 
 
 def _json(tokenizer: TextTokenizer, rng: random.Random, n: int, inp: tuple[int, int], out: tuple[int, int]):
-    """Describe a function as JSON under a response schema."""
-    snippets = _code_snippets()
-    return [ChatRequest([{"role": "user", "content": "Describe this function as JSON with its name, arguments, "
-                          f"return value and a one-line summary.\n\n```python\n{rng.choice(snippets)}\n```"}],
-                        _lengths(rng, out), _FUNCTION_SCHEMA) for _ in range(n)]
+    """Answers under a response schema: tasks (data/json_tasks.json) on code snippets or prose passages."""
+    tasks = json.loads(JSON_TASKS_PATH.read_text(encoding="utf-8"))
+    snippets, prose = _code_snippets(), _Prose(tokenizer, rng)
+    requests = []
+    for _ in range(n):
+        task = rng.choice(tasks)
+        source = rng.choice(snippets) if task["source"] == "code" else prose.passage(_lengths(rng, inp))
+        fence = f"```python\n{source}\n```" if task["source"] == "code" else source
+        response_format = {"type": "json_schema",
+                           "json_schema": {"name": task["name"], "strict": True, "schema": task["schema"]}}
+        requests.append(ChatRequest([{"role": "user", "content": f"{task['ask']}\n\n{fence}"}], _lengths(rng, out),
+                                    response_format))
+    return requests
+
+
+def unconstrained(requests: list[ChatRequest], output_lens: list[int]) -> list[ChatRequest]:
+    """The same requests without their response formats, each asking for the given number of tokens
+    (what the constrained run produced): the free baseline of a constrained workload."""
+    return [ChatRequest(r.messages, n) for r, n in zip(requests, output_lens)]
 
 
 Builder = Callable[[TextTokenizer, random.Random, int, tuple[int, int], tuple[int, int]], list[ChatRequest]]
@@ -146,5 +153,5 @@ WORKLOADS: dict[str, tuple[tuple[int, int], tuple[int, int], Builder]] = {
     "shared-prefix": ((1500, 1500), (32, 128), _shared_prefix),
     "long-context": ((6000, 7500), (64, 128), _long_context),
     "repetitive": ((100, 600), (64, 512), _repetitive),
-    "json": ((100, 600), (64, 160), _json),
+    "json": ((100, 600), (400, 400), _json),  # an upper bound: each task's schema ends its answer sooner
 }

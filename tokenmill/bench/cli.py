@@ -25,11 +25,13 @@ from tokenmill.bench.roofline_cli import add_roofline_command
 from tokenmill.bench.speculation import SpeculationCounts, scrape
 from tokenmill.bench.stats import parse_slo
 from tokenmill.bench.tables import print_comparison, print_level
+from tokenmill.bench.validity import follows_format
 from tokenmill.engine_args import add_engine_args, build_llm, model_name
 from tokenmill.model.default import default_model_path
 from tokenmill.model.tokenizer import load_tokenizer
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.server.config import API_KEY_ENV
+from tokenmill.server.structured_fields import StructuredFields
 
 console = Console()
 
@@ -167,7 +169,7 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     llm = build_llm(args)
     workload, requests = _workload(args, llm.tokenizer)
     prompts = [llm.tokenizer.apply_chat_template(r.messages) for r in requests]
-    params = [SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True) for r in requests]
+    params = [_offline_params(r) for r in requests]
     before = _engine_speculation(llm)
     start_wall, start = time.perf_counter(), time.monotonic()
     outputs = llm.generate(prompts, params)
@@ -175,12 +177,24 @@ def cmd_bench_offline(args: argparse.Namespace) -> int:
     after = _engine_speculation(llm)
     records = [RequestRecord(start=o.metrics.arrival_time - start, end=o.metrics.finished_time - start,
                              token_times=[o.metrics.first_token_time - start], prompt_tokens=len(o.prompt_token_ids),
-                             cached_tokens=o.num_cached_tokens,
-                             output_tokens=len(o.outputs[0].token_ids)) for o in outputs]  # fmt: skip
+                             cached_tokens=o.num_cached_tokens, output_tokens=len(o.outputs[0].token_ids),
+                             text=o.outputs[0].text,
+                             valid=None if r.response_format is None else follows_format(r.response_format,
+                                                                                           o.outputs[0].text))
+               for o, r in zip(outputs, requests)]  # fmt: skip
     level = LevelResult(len(requests), None, seconds, records, parse_slo(args.slo),
                         after.since(before) if after else None)
     _finish(args, _run("offline", model_name(args), workload, "in-process", [level]))
     return 0
+
+
+def _offline_params(request: ChatRequest) -> SamplingParams:
+    """As the server is asked: exactly output_len tokens, or under a response format until the grammar ends."""
+    if request.response_format is None:
+        return SamplingParams(max_tokens=request.output_len, temperature=0.0, ignore_eos=True)
+    fields = StructuredFields(response_format=request.response_format).output_constraint()
+    return SamplingParams(max_tokens=request.output_len, temperature=0.0,
+                          structured_outputs=fields[0] if fields else None)
 
 
 def _engine_speculation(llm) -> SpeculationCounts | None:

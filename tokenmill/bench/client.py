@@ -3,7 +3,8 @@
 Closed loop (`concurrency` requests in flight, the next sent as one ends) or open loop (Poisson
 arrivals at `request_rate` per second). Every request asks for exactly its output length
 (`max_tokens` with vLLM's `ignore_eos`; servers that do not know the field may stop early, and
-the counts recorded are the server's own, from `usage`).
+the counts recorded are the server's own, from `usage`), except one with a response format: its
+grammar ends it, and whether the output follows the format is recorded.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from tokenmill.bench.chat_workloads import ChatRequest
+from tokenmill.bench.validity import follows_format
 
 
 @dataclass
@@ -32,6 +34,7 @@ class RequestRecord:
     output_tokens: int = 0
     error: str | None = None
     text: str = ""  # the generated text (choice 0)
+    valid: bool | None = None  # under a response format: the output parses and validates
 
     @property
     def ok(self) -> bool:
@@ -68,9 +71,11 @@ class Target:
 
 async def _send(client: httpx.AsyncClient, target: Target, request: ChatRequest, clock0: float) -> RequestRecord:
     body = {"model": target.model, "messages": request.messages, "max_tokens": request.output_len,
-            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     if request.response_format is not None:
         body["response_format"] = request.response_format
+    else:
+        body["ignore_eos"] = True
     record = RequestRecord(start=time.perf_counter() - clock0)
     try:
         async with client.stream("POST", f"{target.base_url}/chat/completions", json=body) as response:
@@ -92,6 +97,8 @@ async def _send(client: httpx.AsyncClient, target: Target, request: ChatRequest,
     except httpx.HTTPError as exc:
         record.error = f"{type(exc).__name__}: {exc}"
     record.end = time.perf_counter() - clock0
+    if request.response_format is not None and record.error is None:
+        record.valid = follows_format(request.response_format, record.text)
     return record
 
 

@@ -51,6 +51,7 @@ class LevelSummary:
     tpot: Latency | None
     e2e: Latency | None
     goodput: float | None  # share of all requests that met every SLO given; None without one
+    valid: float | None = None  # share of constrained requests whose output follows its format; None if none is
 
 
 def parse_slo(text: str | None) -> dict[str, float]:
@@ -91,4 +92,10 @@ def summarize(seconds: float, records: list[RequestRecord], slo: dict[str, float
         tpot=Latency.of([t for r in ok if (t := r.tpot) is not None]),
         e2e=Latency.of([r.e2e for r in ok]),
         goodput=sum(meets(r, slo) for r in records) / len(records) if slo else None,
+        valid=_valid_share(records),
     )
+
+
+def _valid_share(records: list[RequestRecord]) -> float | None:
+    judged = [r.valid for r in records if r.valid is not None]
+    return sum(judged) / len(judged) if judged else None

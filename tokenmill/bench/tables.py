@@ -25,6 +25,8 @@ def summary_rows(s: LevelSummary) -> list[tuple[str, str]]:
         rows.append((f"{name} p50/p90/p99/max (ms)", _latency(getattr(s, key))))
     if s.goodput is not None:
         rows.append(("goodput (met the SLO)", f"{100 * s.goodput:.1f}%"))
+    if s.valid is not None:
+        rows.append(("outputs that parse and validate", f"{100 * s.valid:.1f}%"))
     return rows
 
 

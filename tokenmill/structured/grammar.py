@@ -13,13 +13,25 @@ masks and the tokenizer trie cost more.
 from __future__ import annotations
 
 import functools
+import json
 import time
+from typing import Any
 
 import llguidance
 import torch
 
 from tokenmill.model.tokenizer import Tokenizer
 from tokenmill.structured.params import StructuredOutputsError, StructuredOutputsParams
+
+
+# JSON may be pretty-printed, but between two of its tokens at most this much whitespace: without
+# a bound a small model can emit newlines until max_tokens and never close the object.
+JSON_WHITESPACE = r"[\n\r\t ]{0,40}"
+
+
+def bounded_whitespace(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with llguidance's whitespace option set to JSON_WHITESPACE, unless it sets its own."""
+    return schema if "x-guidance" in schema else {**schema, "x-guidance": {"whitespace_pattern": JSON_WHITESPACE}}
 
 
 class GrammarCompiler:
@@ -52,6 +64,9 @@ class GrammarCompiler:
         start = time.perf_counter()
         kind, text = key
         try:
+            if kind == "json":
+                schema = json.loads(text)
+                text = json.dumps(bounded_whitespace(schema) if isinstance(schema, dict) else schema)
             grammar = llguidance.grammar_from(kind, text)
             return grammar, llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
         except ValueError as exc:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tokenmill.structured.grammar import bounded_whitespace
 from tokenmill.structured.params import StructuredOutputsParams
 from tokenmill.tool_calls.tools import Tool, ToolUse
 
@@ -76,7 +77,7 @@ class ToolCallFormat:
         calls = {"type": "array", "minItems": 1, "items": {"anyOf": [_call_schema(t) for t in offered]}}
         if not use.parallel or named is not None:
             calls["maxItems"] = 1
-        begin, end, schema = json.dumps(self.begin), json.dumps(self.end), json.dumps(calls)
+        begin, end, schema = json.dumps(self.begin), json.dumps(self.end), json.dumps(bounded_whitespace(calls))
         if use.choice.mode == "auto":
             # llguidance's lazy lexeme: text runs freely until it ends in the begin tag
             lark = (f"%llguidance {{}}\nstart: call* TEXT\ncall: call_begin %json {schema} {end}\n"
