@@ -140,3 +140,12 @@ def test_a_compiling_grammar_holds_up_only_its_own_request(llm, monkeypatch):
     while constrained not in finished:
         step()
     jsonschema.validate(json.loads(tokenizer.decode(tokens[constrained])), schema)
+
+
+def test_properties_come_in_the_schemas_order(llm):
+    """Not alphabetical: a schema that puts its reasoning before its answer gets them in that order."""
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string", "maxLength": 60},
+                                               "answer": {"type": "integer", "minimum": 0, "maximum": 100}},
+              "required": ["reasoning", "answer"], "additionalProperties": False}  # fmt: skip
+    text = generate(llm, "What is 6 times 7?", StructuredOutputsParams(json=schema))
+    assert list(json.loads(text)) == ["reasoning", "answer"]

@@ -36,9 +36,11 @@ class StructuredOutputsParams:
 
     @property
     def key(self) -> tuple[str, str]:
-        """(kind, text): equal for equal constraints, so compiled grammars are shared."""
+        """(kind, text): equal for equal constraints, so compiled grammars are shared. Keys keep
+        their order: the grammar writes properties in the schema's order (a "reasoning" field
+        declared before an "answer" comes first)."""
         if self.json is not None:
-            return "json", self.json if isinstance(self.json, str) else json.dumps(self.json, sort_keys=True)
+            return "json", self.json if isinstance(self.json, str) else json.dumps(self.json)
         if self.json_object:
             return "json", '{"type": "object"}'
         if self.regex is not None:
