@@ -1,7 +1,8 @@
 """JSON schemas of the kinds applications send, for the structured-output tests: each names a
-prompt and a schema. Numbers, strings, arrays and recursion are bounded, as a careful application
+prompt and a schema. Numbers, strings, arrays and nesting are bounded, as a careful application
 bounds them: unbounded, this 135M model can repeat a digit or a nesting until max_tokens, and a
-truncated output cannot parse. ACCEPTED are compiled by the grammar backend (llguidance); REFUSED are not,
+truncated output cannot parse. (So a tree nests through a chain of $defs, three levels deep: a
+recursive $ref has outputs of no bounded length, and greedy decoding here nests forever.) ACCEPTED are compiled by the grammar backend (llguidance); REFUSED are not,
 each with the reason the backend gives, and must be a 400 / InvalidRequestError, never free text."""
 
 S = {"type": "string", "maxLength": 40}
@@ -25,7 +26,7 @@ ACCEPTED: dict[str, tuple[str, dict]] = {
     "person": ("Describe a person.", obj({"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 120}})),
     "book": ("Recommend a book.", obj({"title": S, "author": S, "year": {"type": "integer", "minimum": 1450,
                                                                         "maximum": 2030}})),
-    "product": ("Describe a product for sale.", obj({"name": S, "price": {"type": "number", "minimum": 0},
+    "product": ("Describe a product for sale.", obj({"name": S, "price": {"type": "number", "minimum": 0, "maximum": 100_000},
                                                      "in_stock": BOOL})),
     "weather": ("Report the weather in Paris.", obj({"city": S, "temperature_c": {"type": "number", "minimum": -60,
                                                                                    "maximum": 60},
@@ -46,9 +47,11 @@ ACCEPTED: dict[str, tuple[str, dict]] = {
                                                                                   "maximum": 99}}), 1, 3)})),
     "ref": ("Describe two people.", {"$defs": {"p": obj({"name": S, "age": INT})},
                                       **obj({"first": {"$ref": "#/$defs/p"}, "second": {"$ref": "#/$defs/p"}})}),
-    "recursive ref": ("Describe a small family tree.", {
-        "$defs": {"node": obj({"name": S, "children": arr({"$ref": "#/$defs/node"}, 0, 2)}, required=["name"])},
-        "$ref": "#/$defs/node"}),
+    "nested ref": ("Describe a small family tree.", {
+        "$defs": {"grandchild": obj({"name": S}),
+                  "child": obj({"name": S, "children": arr({"$ref": "#/$defs/grandchild"}, 0, 2)}, required=["name"]),
+                  "parent": obj({"name": S, "children": arr({"$ref": "#/$defs/child"}, 0, 2)}, required=["name"])},
+        "$ref": "#/$defs/parent"}),
     "anyOf": ("Give an id.", obj({"id": {"anyOf": [INT, {"type": "string", "maxLength": 12}]}})),
     "oneOf": ("Give a shape.", obj({"shape": {"oneOf": [obj({"kind": {"const": "circle"}, "r": LENGTH}),
                                                         obj({"kind": {"const": "square"}, "side": LENGTH})]}})),
@@ -78,7 +81,7 @@ ACCEPTED: dict[str, tuple[str, dict]] = {
     "minProperties": ("Give settings.", {"type": "object", "additionalProperties": BOOL, "minProperties": 1,
                                          "maxProperties": 3}),
     "api error": ("Report an API error.", obj({"error": obj({"code": INT, "message": S, "retryable": BOOL})})),
-    "invoice": ("Create an invoice.", obj({"number": S, "total": {"type": "number", "minimum": 0},
+    "invoice": ("Create an invoice.", obj({"number": S, "total": {"type": "number", "minimum": 0, "maximum": 1_000_000},
                                           "currency": {"enum": ["USD", "EUR", "GBP"]},
                                           "items": arr(obj({"desc": S, "amount": NUM}), 1, 3)})),
     "recipe": ("Give a recipe.", obj({"name": S, "servings": {"type": "integer", "minimum": 1, "maximum": 12},
