@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 _DTYPE_NAMES = ("float32", "bfloat16", "float16")  # torch's own names
 DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)
-ATTENTION_BACKENDS = ("auto", "cpu", "torch")  # cpu: the C kernels; torch: plain PyTorch, any device
+ATTENTION_BACKENDS = ("auto", "cpu", "torch", "triton")  # cpu: the C kernels; torch: plain PyTorch, any device;
+# triton: the Triton kernel, on CUDA
 # none: the weights in `dtype`; int8/int4: quantized at load time; gguf: a GGUF's own quantized tensors.
 QUANTIZATIONS = ("none", "int8", "int4", "gguf")
 QUANTIZATION_CHOICES = ("auto", *QUANTIZATIONS)  # auto: chosen per machine and model (tokenmill/auto_mode.py)

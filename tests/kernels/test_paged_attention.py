@@ -71,8 +71,8 @@ def test_a_query_gives_the_same_bits_in_a_whole_prefill_a_chunk_and_a_decode_row
 
 def test_auto_selects_the_kernel_for_float32_on_cpu_only():
     cpu = torch.device("cpu")
-    assert select_attention_backend("auto", cpu, torch.float32, 3).name == "cpu"
-    assert select_attention_backend("auto", cpu, torch.bfloat16, 3).name == "torch"
-    assert select_attention_backend("torch", cpu, torch.float32, 3).name == "torch"
+    assert select_attention_backend("auto", cpu, torch.float32, 3, 64, 16).name == "cpu"
+    assert select_attention_backend("auto", cpu, torch.bfloat16, 3, 64, 16).name == "torch"
+    assert select_attention_backend("torch", cpu, torch.float32, 3, 64, 16).name == "torch"
     with pytest.raises(ValueError, match="float32 on the CPU"):
-        select_attention_backend("cpu", cpu, torch.bfloat16, 3)
+        select_attention_backend("cpu", cpu, torch.bfloat16, 3, 64, 16)
