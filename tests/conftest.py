@@ -24,7 +24,7 @@ def eager_when_asked(request) -> Iterator[None]:
         yield
         return
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ModelRunner, "enable_decode_graphs", lambda self, max_model_len: None)
+        patch.setattr(ModelRunner, "enable_decode_graphs", lambda self, *limits: None)
         COMMON_ARGS.append("--enforce-eager")
         yield
 

@@ -52,7 +52,8 @@ class LLMEngine:
         if spec is not None:
             self.runner.enable_speculation(spec, self.max_model_len)
         if not config.model.enforce_eager:
-            self.runner.enable_decode_graphs(self.max_model_len + config.scheduler.num_lookahead_tokens)
+            self.runner.enable_decode_graphs(self.max_model_len + config.scheduler.num_lookahead_tokens,
+                                             config.scheduler.max_num_seqs)
         self.speculative_method = None if spec is None else spec.method
         self._num_draft_tokens = self._num_accepted_tokens = 0
         self.requests: dict[str, Request] = {}

@@ -14,12 +14,13 @@ from tokenmill.engine.messages import GrammarBitmask, RunnerOutput, SchedulerOut
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import ModelInput, prepare_input
+from tokenmill.runner.cuda_graphs import CudaDecodeGraphs
 from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
 from tokenmill.runner.input_batch import InputBatch, RunnerSequence
 from tokenmill.runner.kv_cache import kv_storage_dtype, size_kv_cache
 from tokenmill.runner.paged_model import PagedModel
 from tokenmill.runner.sampler import Sampler
-from tokenmill.runner.step_graph import MAX_ROWS, DecodeGraphs
+from tokenmill.runner.step_graph import DecodeGraphs
 from tokenmill.speculative.speculator import ProposalInput, Speculator
 from tokenmill.speculative.verify import accept_greedy, accept_sampled
 
@@ -46,7 +47,7 @@ class ModelRunner:
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
         self.input_batch = InputBatch(self.device)
         self.speculator: Speculator | None = None
-        self.decode_graphs: DecodeGraphs | None = None
+        self.decode_graphs: DecodeGraphs | CudaDecodeGraphs | None = None
 
     def enable_speculation(self, config: SpeculativeConfig, max_model_len: int) -> None:
         """Builds the proposer (which may load a draft model) once the engine knows its context limit."""
@@ -54,15 +55,20 @@ class ModelRunner:
 
         self.speculator = Speculator(config, max_model_len, make_proposer(config, self.paged, self.model_config))
 
-    def enable_decode_graphs(self, max_model_len: int) -> None:
-        """Captures decode steps and replays them (runner/step_graph.py) where every kernel is a C one."""
+    def enable_decode_graphs(self, max_model_len: int, max_num_seqs: int) -> None:
+        """Captures decode steps and replays them: on the CPU where every kernel is a C one
+        (runner/step_graph.py), on CUDA as CUDA graphs where the attention plan is the Triton
+        backend's, built on the device (runner/cuda_graphs.py)."""
         if self.device.type == "cpu" and self.attention.name == "cpu":
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_model_len, self.block_size)
+        elif self.device.type == "cuda" and self.attention.name == "triton":
+            self.decode_graphs = CudaDecodeGraphs(self.model, self.attention, max_model_len, self.block_size,
+                                                  self.paged.scratch_block, max_num_seqs, self.device)
 
     @property
     def max_captured_batch_size(self) -> int:
         """The most sequences a captured decode step takes (0: every step is eager)."""
-        return 0 if self.decode_graphs is None else MAX_ROWS
+        return 0 if self.decode_graphs is None else self.decode_graphs.max_batch_size
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:

@@ -28,21 +28,28 @@ logger = logging.getLogger(__name__)
 class PagedModel:
     model: nn.Module
     arch: ArchConfig
-    kv_cache: torch.Tensor  # [layers, 2, num_blocks, block elements]
-    kv_scales: torch.Tensor | None  # int8 pools: [layers, 2, num_blocks, KVH * block_size]
+    kv_cache: torch.Tensor  # [layers, 2, num_blocks + 1, block elements]
+    kv_scales: torch.Tensor | None  # int8 pools: [layers, 2, num_blocks + 1, KVH * block_size]
     attention: AttentionBackend
     block_size: int
 
     @property
     def num_blocks(self) -> int:
-        return self.kv_cache.shape[2]
+        """The blocks sequences can own (the KV manager's), without the scratch block."""
+        return self.kv_cache.shape[2] - 1
+
+    @property
+    def scratch_block(self) -> int:
+        """One block past the others that no sequence owns: the padding rows of a captured CUDA
+        step (runner/cuda_graphs.py) write their K and V there."""
+        return self.num_blocks
 
     @classmethod
     def build(cls, loaded: LoadedModel, config: ModelConfig, num_blocks: int, block_size: int,
               kv_dtype: torch.dtype) -> PagedModel:
         """Allocates the pool, gives each attention layer its views of it, and binds the attention
         backend (and with the C one, the fused C elementwise kernels) to the model."""
-        kv_cache, kv_scales = allocate_kv_cache(loaded.arch, num_blocks, block_size, kv_dtype, config.device)
+        kv_cache, kv_scales = allocate_kv_cache(loaded.arch, num_blocks + 1, block_size, kv_dtype, config.device)
         for layer, attn in enumerate(loaded.model.attention_layers()):
             scales = None if kv_scales is None else kv_scales[layer]
             attn.kv = kv_block_views(kv_cache[layer], scales, block_size, attn.num_kv_heads, attn.head_dim)

@@ -53,6 +53,8 @@ class DecodeGraphs:
     step of its shape, (sequences, rows), up to MAX_ROWS rows: how the rows fall to the sequences
     is data (the attention kernel reads it from query_start), not part of the recorded calls."""
 
+    max_batch_size = MAX_ROWS
+
     def __init__(self, model: nn.Module, attention: AttentionBackend, max_model_len: int, block_size: int) -> None:
         self.model, self.attention = model, attention
         self.max_blocks = math.ceil(max_model_len / block_size)  # every table fits the captured width
