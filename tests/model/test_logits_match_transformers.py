@@ -31,10 +31,10 @@ class RecordingSampler:
         self.sampler = sampler
         self.logits: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
 
-    def __call__(self, logits, seqs):
+    def __call__(self, logits, seqs, grammar_bitmask=None):
         for row, seq in enumerate(seqs):
             self.logits[(tuple(seq.prompt_token_ids), seq.num_output_tokens)] = logits[row].clone()
-        return self.sampler(logits, seqs)
+        return self.sampler(logits, seqs, grammar_bitmask)
 
 
 @pytest.mark.parametrize("attention_backend", ["auto", "torch"])  # auto: the C kernel where it compiles
