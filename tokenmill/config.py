@@ -48,8 +48,8 @@ class ModelConfig:
         group = self.quantization_group_size
         if group < 16 or group % 16:
             raise ValueError(f"quantization_group_size must be a positive multiple of 16, got {group}")
-        if self.quantization != "none" and self.activation_dtype != torch.float32:
-            raise ValueError(f"quantization {self.quantization!r} runs with float32 activations; use dtype "
+        if self.quantization != "none" and self.activation_dtype != torch.float32 and self.device.type != "cuda":
+            raise ValueError(f"quantization {self.quantization!r} runs with float32 activations off CUDA; use dtype "
                              f"float32 (or auto), or bfloat16 on the CPU, not {self.dtype} on {self.device}")
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import re
@@ -50,13 +51,14 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = build_model(arch)
     quantized = model.load_weights(weights)
     kernel = QuantMatmul.load() if cfg.device.type == "cpu" else None
-    if kernel is None and cfg.quantization != "none":
+    gpu = cfg.device.type == "cuda" and importlib.util.find_spec("triton") is not None  # the Triton kernel
+    if kernel is None and not gpu and cfg.quantization != "none":
         logger.warning("no quantized matrix kernel on %s: quantized layers dequantize their weights on every "
                        "call (correct, but slow)", cfg.device)
     if quantized:
-        install_quantized(model, quantized, kernel)
+        install_quantized(model, quantized, kernel, gpu)
     elif cfg.quantization in ("int8", "int4"):
-        quantize_model(model, cfg.quantization, cfg.quantization_group_size, kernel)
+        quantize_model(model, cfg.quantization, cfg.quantization_group_size, kernel, gpu)
     model = model.to(device=cfg.device, dtype=cfg.activation_dtype).eval().requires_grad_(False)
     if cfg.bf16_products:
         if not has_bf16_dot_products():

@@ -8,14 +8,16 @@ from __future__ import annotations
 from torch import nn
 
 from tokenmill.kernels.quant_matmul import QuantMatmul
-from tokenmill.quant.linear import QuantEmbedding, QuantLinear
+from tokenmill.quant.gpu_packing import pack_for_gpu
+from tokenmill.quant.linear import QuantEmbedding, QuantLinear, TritonQuantLinear
 from tokenmill.quant.packing import pack
 from tokenmill.quant.tensor import QuantizedTensor, quantize_int4, quantize_int8
 
 OUTPUT_LAYER = "lm_head"
 
 
-def quantize_model(model: nn.Module, method: str, group_size: int, kernel: QuantMatmul | None) -> None:
+def quantize_model(model: nn.Module, method: str, group_size: int, kernel: QuantMatmul | None,
+                   gpu: bool = False) -> None:  # fmt: skip
     """int8: every matrix per output channel. int4: the decoder's linear layers per group of
     `group_size` input channels; the embedding and output layer stay int8, as llama.cpp's 4-bit
     mixes keep them wider: each row of the output layer is one token's logit."""
@@ -26,17 +28,20 @@ def quantize_model(model: nn.Module, method: str, group_size: int, kernel: Quant
             wide = method == "int8" or isinstance(module, nn.Embedding) or name == OUTPUT_LAYER
             w = module.weight.detach()  # or the scales' autograd graph would keep the float weights alive
             weights[name] = quantize_int8(w) if wide else quantize_int4(w, group_size)
-    install_quantized(model, weights, kernel)
+    install_quantized(model, weights, kernel, gpu)
 
 
-def install_quantized(model: nn.Module, weights: dict[str, QuantizedTensor], kernel: QuantMatmul | None) -> None:
-    """Replaces each named nn.Linear or nn.Embedding with a quantized layer over its matrix."""
+def install_quantized(model: nn.Module, weights: dict[str, QuantizedTensor], kernel: QuantMatmul | None,
+                      gpu: bool = False) -> None:  # fmt: skip
+    """Replaces each named nn.Linear or nn.Embedding with a quantized layer over its matrix: in the
+    CPU kernel's layout, or with gpu, in the Triton kernel's."""
     ties = _tied_linears(model)
     for name, weight in weights.items():
         module = model.get_submodule(name)
         if tuple(module.weight.shape) != tuple(weight.shape):
             raise ValueError(f"quantized {name} is {tuple(weight.shape)}, the layer {tuple(module.weight.shape)}")
-        layer = QuantLinear(pack(weight), getattr(module, "bias", None), kernel)
+        bias = getattr(module, "bias", None)
+        layer = TritonQuantLinear(pack_for_gpu(weight), bias) if gpu else QuantLinear(pack(weight), bias, kernel)
         if isinstance(module, nn.Embedding):
             _replace(model, name, QuantEmbedding(layer))
             for linear in ties.get(name, []):

@@ -43,7 +43,7 @@ def block_bytes(arch: ArchConfig, block_size: int, kv_dtype: torch.dtype) -> int
 def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, kv_dtype: torch.dtype, device: torch.device) -> KVCacheSize:
     budget = cfg.kv_cache_memory or int(available_memory(device) * cfg.kv_cache_memory_fraction)
     per_block = block_bytes(arch, cfg.block_size, kv_dtype)
-    size = KVCacheSize(budget // per_block, per_block, budget)
+    size = KVCacheSize(budget // per_block - 1, per_block, budget)  # one more is the scratch block (PagedModel)
     if size.num_blocks < 1:
         raise ValueError(f"kv_cache_memory of {budget} bytes holds no block ({per_block} bytes each)")
     logger.info(size.describe(cfg.block_size))
