@@ -202,6 +202,18 @@ class DraftTrainingConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Multi-LoRA: adapters applied per request (tokenmill/lora)."""
+
+    max_loras: int = 4  # adapters resident in the layers at once
+    max_lora_rank: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError(f"max_loras and max_lora_rank must be >= 1, got {self.max_loras}, {self.max_lora_rank}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything an engine is built from: what `LLM(...)` and `tokenmill serve` hand down."""
 
@@ -209,6 +221,7 @@ class EngineConfig:
     cache: CacheConfig
     scheduler: SchedulerConfig
     speculative: SpeculativeConfig | None = None
+    lora: LoRAConfig | None = None  # None: no adapters
 
     def __post_init__(self) -> None:
         needed = 0 if self.speculative is None else self.speculative.num_lookahead_tokens
@@ -237,6 +250,9 @@ class EngineConfig:
         quantization_group_size: int = ModelConfig.quantization_group_size,
         speculative_config: dict | None = None,
         enforce_eager: bool = ModelConfig.enforce_eager,
+        enable_lora: bool = False,
+        max_loras: int = LoRAConfig.max_loras,
+        max_lora_rank: int = LoRAConfig.max_lora_rank,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model; each `auto` is chosen for
         this machine (tokenmill/auto_mode.py) and logged."""
@@ -268,6 +284,7 @@ class EngineConfig:
             SchedulerConfig(max_num_seqs, max_num_batched_tokens,
                             speculative.num_lookahead_tokens if speculative is not None else 0),
             speculative,
+            LoRAConfig(max_loras, max_lora_rank) if enable_lora else None,
         )
 
 

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from tokenmill.config import EngineConfig
 from tokenmill.engine.engine import InvalidRequestError, LLMEngine
 from tokenmill.engine.output_processor import OutputProcessor, RequestDelta
+from tokenmill.lora.request import LoRARequest
 from tokenmill.outputs import RequestOutput
 from tokenmill.sampling_params import SamplingParams
 
@@ -23,7 +24,8 @@ class LLM:
         are vLLM's names, listed with their defaults in `EngineConfig.create`: dtype, device, seed,
         block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory,
         kv_cache_memory_fraction, attention_backend, enable_prefix_caching, kv_cache_dtype,
-        quantization, quantization_group_size, speculative_config."""
+        quantization, quantization_group_size, speculative_config, enforce_eager, enable_lora,
+        max_loras, max_lora_rank."""
         self.engine = LLMEngine(EngineConfig.create(model, **engine_options))
         self.tokenizer = self.engine.tokenizer
         self._processor = OutputProcessor(self.tokenizer)  # text, in this process, off the engine's step
@@ -35,13 +37,18 @@ class LLM:
         *,
         use_tqdm: bool = True,
         priority: Seq[int] | None = None,
+        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
+        """lora_request: one adapter for every prompt, or one (or None) per prompt (needs enable_lora)."""
         prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
         params = _per_prompt(sampling_params or SamplingParams(), len(prompts))
+        adapters = list(lora_request) if isinstance(lora_request, Seq) else [lora_request] * len(prompts)
+        if len(adapters) != len(prompts):
+            raise ValueError(f"got {len(adapters)} lora requests for {len(prompts)} prompts")
         ids = []
         try:
             for i, (prompt, p) in enumerate(zip(prompts, params)):
-                ids.append(self._add(prompt, p, priority[i] if priority else 0))
+                ids.append(self._add(prompt, p, priority[i] if priority else 0, adapters[i]))
         except Exception:
             for request_id in ids:  # leave nothing half-added behind
                 self._abort(request_id)
@@ -74,9 +81,10 @@ class LLM:
         finally:
             self._abort(request_id)  # a consumer that stops early frees the request
 
-    def _add(self, prompt: PromptType, params: SamplingParams, priority: int = 0) -> str:
+    def _add(self, prompt: PromptType, params: SamplingParams, priority: int = 0,
+             lora_request: LoRARequest | None = None) -> str:  # fmt: skip
         text, token_ids = self._tokenize(prompt)
-        request_id = self.engine.add_request(token_ids, params, priority=priority)
+        request_id = self.engine.add_request(token_ids, params, priority=priority, lora_request=lora_request)
         self._processor.add_request(request_id, text, token_ids, params)
         return request_id
 

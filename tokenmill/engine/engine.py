@@ -19,6 +19,8 @@ from tokenmill.engine.sequence import Sequence, SequenceStatus
 from tokenmill.engine.stats import EngineStats
 from tokenmill.engine.stop import check_stop
 from tokenmill.kv.kv_manager import KVCacheManager
+from tokenmill.lora.adapter import AdapterError
+from tokenmill.lora.request import LoRARequest
 from tokenmill.model.loader import load_model
 from tokenmill.runner.model_runner import ModelRunner
 from tokenmill.sampling_params import SamplingParams
@@ -42,7 +44,7 @@ class LLMEngine:
         loaded = load_model(config.model)
         self.tokenizer = loaded.tokenizer
         self.arch = loaded.arch
-        self.runner = ModelRunner(loaded, config.model, config.cache)
+        self.runner = ModelRunner(loaded, config.model, config.cache, config.lora)
         self.kv_manager = KVCacheManager(self.runner.num_blocks, config.cache.block_size,
                                          config.cache.enable_prefix_caching)
         self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
@@ -78,10 +80,11 @@ class LLMEngine:
 
     def add_request(
         self, prompt_token_ids: Seq[int], params: SamplingParams, request_id: str | None = None, priority: int = 0,
-        cache_salt: str | None = None, returns_prompt_rows: bool = False,
+        cache_salt: str | None = None, returns_prompt_rows: bool = False, lora_request: LoRARequest | None = None,
     ) -> str:
         """returns_prompt_rows: the finished output carries the prompt's next-token log-probabilities
-        and final hidden states (computed in full: no prefix-cache hits)."""
+        and final hidden states (computed in full: no prefix-cache hits). lora_request: the adapter
+        the request runs with (the engine needs enable_lora)."""
         request_id = request_id if request_id is not None else str(next(self._request_ids))
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"request id {request_id!r} is already in use")
@@ -92,7 +95,10 @@ class LLMEngine:
         if bad_bias:
             raise InvalidRequestError("logit_bias", f"logit_bias token id {bad_bias[0]} is outside the vocabulary "
                                                     f"(0..{self.arch.vocab_size - 1})")
-        seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt, returns_prompt_rows)
+        if lora_request is not None:
+            self._check_adapter(lora_request)
+        seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt, returns_prompt_rows,
+                                    lora_request)
         self.requests[request_id] = Request(request_id, token_ids, params, seqs)
         for seq in seqs:
             self._seqs[seq.seq_id] = seq
@@ -117,9 +123,17 @@ class LLMEngine:
                                                 f"{self.max_model_len}, leaving no room to generate")
         return token_ids
 
+    def _check_adapter(self, lora_request: LoRARequest) -> None:
+        if self.runner.lora is None:
+            raise InvalidRequestError("lora_request", "this engine serves no adapters: start it with enable_lora")
+        try:
+            self.runner.lora.check(lora_request)
+        except (AdapterError, OSError) as exc:
+            raise InvalidRequestError("lora_request", f"adapter {lora_request.lora_name!r}: {exc}") from exc
+
     def _make_sequences(
         self, request_id: str, token_ids: list[int], params: SamplingParams, priority: int, cache_salt: str | None,
-        returns_prompt_rows: bool,
+        returns_prompt_rows: bool, lora_request: LoRARequest | None,
     ) -> list[Sequence]:
         seqs: list[Sequence] = []
         shares_prefix = shared_prefix_len(len(token_ids), self.kv_manager.block_size) > 0
@@ -128,7 +142,7 @@ class LLMEngine:
             seed = None if params.seed is None else (params.seed + index * 1_000_003) % 2**63
             source = seqs[0] if index > 0 and shares_prefix else None
             seqs.append(Sequence(next(self._seq_ids), request_id, index, token_ids, params, priority, seed, source,
-                                 cache_salt, returns_prompt_rows))
+                                 cache_salt, returns_prompt_rows, lora_request))
         return seqs
 
     def abort_request(self, request_id: str, indices: Seq[int] | None = None) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenmill.outputs import Logprob, RequestMetrics
+from tokenmill.lora.request import LoRARequest
 from tokenmill.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # the scheduler's side of these messages runs without torch
@@ -30,6 +31,7 @@ class NewSequence:
     block_ids: list[int]
     num_computed_tokens: int
     returns_prompt_rows: bool = False  # the runner returns its prompt positions' logprobs and hidden states
+    lora_request: LoRARequest | None = None  # the adapter it runs with
 
 
 @dataclass(frozen=True)

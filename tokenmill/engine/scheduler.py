@@ -150,7 +150,7 @@ class Scheduler:
                 out.new_seqs.append(NewSequence(
                     seq.seq_id, list(seq.token_ids), seq.num_prompt_tokens, seq.params, seed=seq.seed,
                     block_ids=new_blocks, num_computed_tokens=seq.num_computed_tokens,
-                    returns_prompt_rows=seq.returns_prompt_rows,
+                    returns_prompt_rows=seq.returns_prompt_rows, lora_request=seq.lora_request,
                 ))  # fmt: skip
             else:
                 out.cached_seqs.append(CachedSequence(seq.seq_id, seq.token_ids[seq.num_tokens_sent :], start,

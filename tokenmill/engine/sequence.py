@@ -8,6 +8,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from tokenmill.kv.block_hash import ExtraKeys
+from tokenmill.lora.request import LoRARequest
 from tokenmill.sampling_params import SamplingParams
 
 
@@ -36,6 +37,7 @@ class Sequence:
     # The runner returns every prompt position's rows (prompt logprobs, hidden states): no prefix
     # cache hits, since cached positions are not computed.
     returns_prompt_rows: bool = False
+    lora_request: LoRARequest | None = None  # the adapter the sequence runs with
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
@@ -64,7 +66,10 @@ class Sequence:
     @property
     def extra_keys(self) -> ExtraKeys:
         """What, beside its tokens, names this sequence's KV blocks in the prefix cache."""
-        return () if self.cache_salt is None else (self.cache_salt,)
+        keys: list[str | int] = [] if self.cache_salt is None else [self.cache_salt]
+        if self.lora_request is not None:  # two adapters never share KV; one adapter's requests do
+            keys += ["lora", self.lora_request.lora_int_id]  # ends in an int: no salt alone reads so
+        return tuple(keys)
 
     @property
     def schedule_key(self) -> tuple[int, int]:

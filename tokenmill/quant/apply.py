@@ -42,6 +42,8 @@ def install_quantized(model: nn.Module, weights: dict[str, QuantizedTensor], ker
             raise ValueError(f"quantized {name} is {tuple(weight.shape)}, the layer {tuple(module.weight.shape)}")
         bias = getattr(module, "bias", None)
         layer = TritonQuantLinear(pack_for_gpu(weight), bias) if gpu else QuantLinear(pack(weight), bias, kernel)
+        if hasattr(module, "shard_ids"):  # a merged layer's shards stay known (LoRA places its deltas by them)
+            layer.shard_ids, layer.output_sizes = module.shard_ids, module.output_sizes
         if isinstance(module, nn.Embedding):
             _replace(model, name, QuantEmbedding(layer))
             for linear in ties.get(name, []):

@@ -21,6 +21,7 @@ class ModelInput:
     num_logits: list[int]  # rows per sampled sequence: 1, or 1 + its proposals
     # Sequences that return prompt rows: seq id -> (first row, number of rows) of this step's chunk.
     prompt_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    lora_slots: list[int] | None = None  # each row's LoRA slot (-1: none); None when no row has one
 
 
 def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, device: torch.device) -> ModelInput:
@@ -31,7 +32,9 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
     sampled: list[RunnerSequence] = []
     num_logits: list[int] = []
     prompt_rows: dict[int, tuple[int, int]] = {}
+    lora_slots: list[int] = []
     for seq, n in scheduled:
+        lora_slots += [seq.lora_slot] * n
         start, proposed = seq.num_computed_tokens, seq.spec_token_ids  # scheduled whole, or cleared
         if seq.returns_prompt_rows and start < seq.num_prompt_tokens:
             prompt_rows[seq.seq_id] = (len(input_ids), min(n, seq.num_prompt_tokens - start))
@@ -52,6 +55,7 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
         sampled_seqs=sampled,
         num_logits=num_logits,
         prompt_rows=prompt_rows,
+        lora_slots=lora_slots if any(seq.lora_slot >= 0 for seq, _ in scheduled) else None,
     )
 
 

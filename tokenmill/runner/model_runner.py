@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from tokenmill.config import CacheConfig, ModelConfig, SpeculativeConfig
+from tokenmill.config import CacheConfig, LoRAConfig, ModelConfig, SpeculativeConfig
 from tokenmill.engine.messages import GrammarBitmask, RunnerOutput, SchedulerOutput, SpecDecodeCounts
+from tokenmill.lora.manager import LoRAManager
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
 from tokenmill.runner.batch import ModelInput, prepare_input
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig) -> None:
+    def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig,
+                 lora_config: LoRAConfig | None = None) -> None:  # fmt: skip
         self.model = loaded.model
         self.arch = loaded.arch
         self.model_config = model_config
@@ -45,7 +47,9 @@ class ModelRunner:
         logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
                     self.attention.name)
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
-        self.input_batch = InputBatch(self.device)
+        self.lora = None if lora_config is None else LoRAManager(
+            self.model, lora_config.max_loras, lora_config.max_lora_rank, self.device)
+        self.input_batch = InputBatch(self.device, self.lora)
         self.speculator: Speculator | None = None
         self.decode_graphs: DecodeGraphs | CudaDecodeGraphs | None = None
 
@@ -73,6 +77,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
+        if self.lora is not None:
+            self.lora.set_step(batch.lora_slots, self.device)
         logits, rows, prompt_logprobs, hidden_states = self._forward(batch)
         if logits is None:
             return RunnerOutput(prompt_logprobs=prompt_logprobs, hidden_states=hidden_states)
@@ -93,7 +99,8 @@ class ModelRunner:
     def _forward(self, batch: ModelInput) -> tuple[torch.Tensor | None, torch.Tensor | None, dict, dict]:
         """The logits of the rows to sample or verify (None if none) and their hidden states, and
         the prompt rows asked for."""
-        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
+        # a captured step has no LoRA deltas (they are torch calls): steps with adapters run eagerly
+        if self.decode_graphs is not None and batch.lora_slots is None and self.decode_graphs.can_run(batch):
             return *self.decode_graphs.run(batch), {}, {}
         hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
         prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)

@@ -1,0 +1,113 @@
+"""Adapters against Hugging Face transformers + peft on the same base weights: an adapter made by
+peft on the default model (every target layer, nonzero B, rsLoRA and plain scaling), saved in
+PEFT's format, gives tokenmill's float32 engine the same greedy tokens and logits within 1e-4;
+a batch mixing adapters and the base model gives each request its tokens run alone; the prefix
+cache keeps adapters apart."""
+
+import gc
+
+import pytest
+import torch
+
+from tokenmill import LLM, SamplingParams
+from tokenmill.engine.engine import InvalidRequestError
+from tokenmill.lora.request import LoRARequest
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _hf_base(gguf_path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                dtype=torch.float32).eval()
+
+
+def _make_adapter(gguf_path, path, seed: int, rank: int, targets: list[str], rslora: bool = False):
+    """A peft adapter with random A and B (peft starts B at zero, which would change nothing)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_hf_base(gguf_path), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                           use_rslora=rslora, lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    model.save_pretrained(str(path))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def adapters(gguf_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    made = {
+        "all": _make_adapter(gguf_path, root / "all", seed=1, rank=8, targets=TARGETS),
+        "qv-rslora": _make_adapter(gguf_path, root / "qv", seed=2, rank=4, targets=["q_proj", "v_proj"], rslora=True),
+    }
+    paths = {"all": root / "all", "qv-rslora": root / "qv"}
+    requests = {name: LoRARequest(name, i + 1, paths[name]) for i, name in enumerate(made)}
+    yield made, requests
+    del made
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def lora_llm():
+    llm = LLM(dtype="float32", quantization="none", kv_cache_memory=128 * 2**20, enable_lora=True, max_loras=2,
+              max_lora_rank=8)
+    yield llm
+    del llm
+    gc.collect()
+
+
+@pytest.mark.parametrize("name", ["all", "qv-rslora"])
+def test_greedy_tokens_and_logits_equal_peft(lora_llm, adapters, name):
+    peft_models, requests = adapters
+    reference = peft_models[name]
+    params = SamplingParams(max_tokens=12, temperature=0, logprobs=0)
+    outs = lora_llm.generate(PROMPTS, params, lora_request=requests[name], use_tqdm=False)
+    base = lora_llm.generate(PROMPTS, params, use_tqdm=False)
+    changed = 0
+    for out, plain in zip(outs, base):
+        ids = out.prompt_token_ids + out.outputs[0].token_ids
+        with torch.no_grad():
+            logits = reference(torch.tensor([ids])).logits[0]
+        expected = logits[len(out.prompt_token_ids) - 1 : -1].argmax(-1).tolist()
+        assert out.outputs[0].token_ids == expected
+        theirs = torch.log_softmax(logits[len(out.prompt_token_ids) - 1], -1)
+        ours = out.outputs[0].logprobs[0][out.outputs[0].token_ids[0]].logprob
+        assert abs(ours - theirs[out.outputs[0].token_ids[0]].item()) < 1e-4
+        changed += out.outputs[0].token_ids != plain.outputs[0].token_ids
+    assert changed > 0, "the adapter changes the model's output"
+
+
+def test_a_mixed_batch_gives_each_request_its_tokens_alone(lora_llm, adapters):
+    _, requests = adapters
+    params = SamplingParams(max_tokens=10, temperature=0)
+    mix = [requests["all"], None, requests["qv-rslora"], requests["all"], None, requests["qv-rslora"]]
+    prompts = PROMPTS * 2
+    together = [o.outputs[0].token_ids for o in lora_llm.generate(prompts, params, lora_request=mix, use_tqdm=False)]
+    alone = [lora_llm.generate([p], params, lora_request=r, use_tqdm=False)[0].outputs[0].token_ids
+             for p, r in zip(prompts, mix)]
+    assert together == alone
+
+
+def test_prefix_cache_blocks_are_shared_by_one_adapter_and_never_across(lora_llm, adapters):
+    _, requests = adapters
+    prompt = {"prompt_token_ids": list(range(100, 164))}  # four full blocks
+    params = SamplingParams(max_tokens=1, temperature=0)
+    first = lora_llm.generate(prompt, params, lora_request=requests["all"], use_tqdm=False)[0]
+    same = lora_llm.generate(prompt, params, lora_request=requests["all"], use_tqdm=False)[0]
+    other = lora_llm.generate(prompt, params, lora_request=requests["qv-rslora"], use_tqdm=False)[0]
+    base = lora_llm.generate(prompt, params, use_tqdm=False)[0]
+    assert first.num_cached_tokens == 0 and same.num_cached_tokens == 48
+    assert other.num_cached_tokens == 0 and base.num_cached_tokens == 0
+
+
+def test_bad_adapters_are_refused_by_name(lora_llm, tmp_path, make_llm):
+    with pytest.raises(InvalidRequestError, match="not a PEFT LoRA adapter"):
+        lora_llm.generate("hi", lora_request=LoRARequest("missing", 9, tmp_path / "nothing"), use_tqdm=False)
+    with pytest.raises(InvalidRequestError, match="enable_lora"):
+        make_llm().generate("hi", lora_request=LoRARequest("x", 9, tmp_path), use_tqdm=False)

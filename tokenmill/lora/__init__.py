@@ -1,0 +1,1 @@
+"""Multi-LoRA: PEFT adapters applied per request, many adapters and none mixed in one batch."""
