@@ -121,6 +121,7 @@ class SchedulerConfig:
     # Slots kept past each sequence's scheduled tokens for proposers that write KV ahead (a draft
     # model's guesses): speculative decoding sets it, from EngineConfig.create.
     num_lookahead_tokens: int = 0
+    max_loras: int = 0  # adapters the running sequences may use at once (the LoRA slots); 0: no adapters
 
     def __post_init__(self) -> None:
         if self.num_lookahead_tokens < 0:
@@ -282,7 +283,8 @@ class EngineConfig:
             CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching,
                         mode.kv_cache_dtype),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens,
-                            speculative.num_lookahead_tokens if speculative is not None else 0),
+                            speculative.num_lookahead_tokens if speculative is not None else 0,
+                            max_loras if enable_lora else 0),
             speculative,
             LoRAConfig(max_loras, max_lora_rank) if enable_lora else None,
         )

@@ -111,3 +111,27 @@ def test_bad_adapters_are_refused_by_name(lora_llm, tmp_path, make_llm):
         lora_llm.generate("hi", lora_request=LoRARequest("missing", 9, tmp_path / "nothing"), use_tqdm=False)
     with pytest.raises(InvalidRequestError, match="enable_lora"):
         make_llm().generate("hi", lora_request=LoRARequest("x", 9, tmp_path), use_tqdm=False)
+
+
+def test_more_adapters_than_slots_all_complete_correctly_and_swap(gguf_path, adapters, tmp_path):
+    """max_loras 2 with 4 adapters in one batch: the scheduler runs at most 2 adapters' requests at
+    once, the others wait (base requests go on), and every output equals the request run alone."""
+    _, requests = adapters
+    extra = [LoRARequest(f"extra{i}", 10 + i, tmp_path / f"extra{i}") for i in range(2)]
+    for i, request in enumerate(extra):
+        _make_adapter(gguf_path, request.lora_path, seed=20 + i, rank=4, targets=["o_proj", "down_proj"])
+    four = [requests["all"], requests["qv-rslora"], *extra]
+    llm = LLM(dtype="float32", quantization="none", kv_cache_memory=64 * 2**20, enable_lora=True, max_loras=2,
+              max_lora_rank=8)
+    try:
+        params = SamplingParams(max_tokens=8, temperature=0)
+        mix = [*four, None, *four]
+        prompts = [PROMPTS[i % 3] for i in range(len(mix))]
+        together = [o.outputs[0].token_ids for o in llm.generate(prompts, params, lora_request=mix, use_tqdm=False)]
+        swaps = llm.engine.runner.lora.num_swaps
+        alone = [llm.generate([p], params, lora_request=r, use_tqdm=False)[0].outputs[0].token_ids
+                 for p, r in zip(prompts, mix)]
+        assert together == alone and swaps >= 2
+    finally:
+        del llm
+        gc.collect()

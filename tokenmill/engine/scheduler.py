@@ -88,6 +88,8 @@ class Scheduler:
                 return
             if not self._take_shared_prefix(seq):
                 continue  # its prompt's computing sample is not far enough yet
+            if not self._adapter_fits(seq):
+                continue  # every LoRA slot serves running sequences: it waits, the others go on
             self._take_cached_prefix(seq)
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
@@ -99,6 +101,13 @@ class Scheduler:
             bisect.insort(self.running, seq, key=lambda s: s.schedule_key)
             self._scheduled.append((seq, num_tokens))
             budget -= num_tokens
+
+    def _adapter_fits(self, seq: Sequence) -> bool:
+        """The running sequences use at most max_loras adapters: the runner has a slot for each."""
+        if seq.lora_request is None:
+            return True
+        running = {s.lora_request.lora_int_id for s in self.running if s.lora_request is not None}
+        return seq.lora_request.lora_int_id in running or len(running) < self.config.max_loras
 
     def _take_shared_prefix(self, seq: Sequence) -> bool:
         """For sample k > 0 of an n > 1 request: reuse the full prompt blocks of sample 0."""
