@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV),
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        max_n=args.max_n, drain_timeout_s=args.drain_timeout,
+        max_n=args.max_n, drain_timeout_s=args.drain_timeout, lora_modules=_lora_modules(args),
     ))  # fmt: skip
     return 0
 
@@ -107,6 +107,20 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-n", type=int, default=S.max_n, help="samples one request may ask for (n, best_of)")
     parser.add_argument("--drain-timeout", type=float, default=S.drain_timeout_s,
                         help="on SIGTERM, seconds that in-flight requests get to finish")
+    parser.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
+                        help="LoRA adapters (PEFT folders) to serve, each under its name (needs --enable-lora)")
+
+
+def _lora_modules(args: argparse.Namespace) -> dict[str, str]:
+    modules = {}
+    for item in args.lora_modules:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--lora-modules takes NAME=PATH, got {item!r}")
+        modules[name] = path
+    if modules and not args.enable_lora:
+        raise SystemExit("--lora-modules needs --enable-lora")
+    return modules
 
 
 def build_parser() -> argparse.ArgumentParser:

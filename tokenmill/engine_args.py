@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenmill.config import (
-    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, ModelConfig,
-    SchedulerConfig,
+    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, LoRAConfig,
+    ModelConfig, SchedulerConfig,
 )  # fmt: skip
 from tokenmill.model.default import DEFAULT_MODEL_NAME
 from tokenmill.sampling_params import SamplingParams
@@ -54,6 +54,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                              'methods: ngram, draft, heads, ngram_heads')
     parser.add_argument("--enforce-eager", action="store_true",
                         help="run every step eagerly: no captured and replayed decode steps (for debugging)")
+    parser.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (tokenmill/lora)")
+    parser.add_argument("--max-loras", type=int, default=LoRAConfig.max_loras, help="adapters resident at once")
+    parser.add_argument("--max-lora-rank", type=int, default=LoRAConfig.max_lora_rank)
     parser.add_argument("--draft-layers", type=int, default=None,
                         help="speculate with a self-draft made of the model's first N layers (method draft)")
 
@@ -85,6 +88,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
         speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
+        enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
     )  # fmt: skip
 
 

@@ -9,42 +9,20 @@ import gc
 import pytest
 import torch
 
+from tests.lora.adapters import TARGETS, make_adapter
 from tokenmill import LLM, SamplingParams
 from tokenmill.engine.engine import InvalidRequestError
 from tokenmill.lora.request import LoRARequest
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _hf_base(gguf_path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                dtype=torch.float32).eval()
-
-
-def _make_adapter(gguf_path, path, seed: int, rank: int, targets: list[str], rslora: bool = False):
-    """A peft adapter with random A and B (peft starts B at zero, which would change nothing)."""
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(_hf_base(gguf_path), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
-                                                           use_rslora=rslora, lora_dropout=0.0))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
-    model.save_pretrained(str(path))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def adapters(gguf_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     made = {
-        "all": _make_adapter(gguf_path, root / "all", seed=1, rank=8, targets=TARGETS),
-        "qv-rslora": _make_adapter(gguf_path, root / "qv", seed=2, rank=4, targets=["q_proj", "v_proj"], rslora=True),
+        "all": make_adapter(gguf_path, root / "all", seed=1, rank=8, targets=TARGETS),
+        "qv-rslora": make_adapter(gguf_path, root / "qv", seed=2, rank=4, targets=["q_proj", "v_proj"], rslora=True),
     }
     paths = {"all": root / "all", "qv-rslora": root / "qv"}
     requests = {name: LoRARequest(name, i + 1, paths[name]) for i, name in enumerate(made)}
@@ -119,7 +97,7 @@ def test_more_adapters_than_slots_all_complete_correctly_and_swap(gguf_path, ada
     _, requests = adapters
     extra = [LoRARequest(f"extra{i}", 10 + i, tmp_path / f"extra{i}") for i in range(2)]
     for i, request in enumerate(extra):
-        _make_adapter(gguf_path, request.lora_path, seed=20 + i, rank=4, targets=["o_proj", "down_proj"])
+        make_adapter(gguf_path, request.lora_path, seed=20 + i, rank=4, targets=["o_proj", "down_proj"])
     four = [requests["all"], requests["qv-rslora"], *extra]
     llm = LLM(dtype="float32", quantization="none", kv_cache_memory=64 * 2**20, enable_lora=True, max_loras=2,
               max_lora_rank=8)

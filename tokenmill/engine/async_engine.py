@@ -21,6 +21,7 @@ from tokenmill.log import tokenmill_level
 from tokenmill.engine.core import AbortRequest, AddRequest, CoreReady, Shutdown, StepOutputs, run_engine_core
 from tokenmill.engine.output_processor import OutputProcessor, RequestDelta
 from tokenmill.engine.stats import EngineStats
+from tokenmill.lora.request import LoRARequest
 from tokenmill.model.tokenizer import Tokenizer
 from tokenmill.sampling_params import SamplingParams
 
@@ -117,7 +118,7 @@ class AsyncEngine:
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0,
-        cache_salt: str | None = None,
+        cache_salt: str | None = None, lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """The request's deltas as the core produces them. Leaving early (an exception, a
         cancelled task, a closed generator) aborts the request in the core and frees its blocks."""
@@ -126,7 +127,7 @@ class AsyncEngine:
         stream: asyncio.Queue[RequestDelta | Exception] = asyncio.Queue()
         self._streams[request_id] = stream
         self._processor.add_request(request_id, None, prompt_token_ids, params)
-        self._inbox.put(AddRequest(request_id, prompt_token_ids, params, priority, cache_salt))
+        self._inbox.put(AddRequest(request_id, prompt_token_ids, params, priority, cache_salt, lora_request))
         finished = False
         try:
             while not finished:

@@ -22,6 +22,7 @@ from tokenmill.config import EngineConfig
 from tokenmill.engine.messages import EngineOutput
 from tokenmill.engine.stats import EngineStats
 from tokenmill.log import configure_logging
+from tokenmill.lora.request import LoRARequest
 from tokenmill.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class AddRequest:
     params: SamplingParams
     priority: int = 0
     cache_salt: str | None = None
+    lora_request: LoRARequest | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def _handle(engine: LLMEngine, message: AddRequest | AbortRequest) -> RequestRej
         return None
     try:
         engine.add_request(message.prompt_token_ids, message.params, message.request_id, message.priority,
-                           message.cache_salt)
+                           message.cache_salt, lora_request=message.lora_request)
     except InvalidRequestError as exc:
         return RequestRejected(message.request_id, exc.param, str(exc))
     except Exception as exc:  # whatever else a request can provoke, it must not stop the core

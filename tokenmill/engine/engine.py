@@ -298,7 +298,7 @@ class LLMEngine:
     # ---- for tools ---------------------------------------------------------------------------
 
     def stats(self) -> EngineStats:
-        scheduler, kv, cache = self.scheduler, self.kv_manager, self.kv_manager.prefix_cache
+        scheduler, kv, cache, lora = self.scheduler, self.kv_manager, self.kv_manager.prefix_cache, self.runner.lora
         return EngineStats(
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting), kv_cache_usage=kv.usage,
             num_preemptions=scheduler.num_preemptions,
@@ -309,6 +309,8 @@ class LLMEngine:
             num_free_blocks=kv.num_free_blocks, grammar_compile_seconds=self.structured.compile_seconds,
             grammar_mask_seconds=self.structured.mask_seconds + self.runner.sampler.grammar_mask_seconds,
             grammar_masked_steps=self.structured.masked_steps,
+            lora_loads=lora.num_loads if lora is not None else 0, lora_swaps=lora.num_swaps if lora is not None else 0,
+            running_adapters=_adapter_names(scheduler.running), waiting_adapters=_adapter_names(scheduler.waiting),
         )
 
     @torch.inference_mode()
@@ -327,3 +329,7 @@ class LLMEngine:
         except BaseException:  # an interrupt, or an error in a step: give its blocks back
             self.abort_request(request_id)
             raise
+
+
+def _adapter_names(seqs: Seq[Sequence]) -> tuple[str, ...]:
+    return tuple(sorted({s.lora_request.lora_name for s in seqs if s.lora_request is not None}))

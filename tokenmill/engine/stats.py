@@ -21,6 +21,10 @@ class EngineStats:
     grammar_compile_seconds: float = 0.0  # structured outputs: compiling constraints and building matchers, since start
     grammar_mask_seconds: float = 0.0  # computing and applying the token masks, since start
     grammar_masked_steps: int = 0  # sampler calls that masked at least one row
+    lora_loads: int = 0  # adapters put into a LoRA slot, since start
+    lora_swaps: int = 0  # of those, loads that evicted another adapter
+    running_adapters: tuple[str, ...] = ()  # names of the adapters running sequences use
+    waiting_adapters: tuple[str, ...] = ()  # and of those waiting sequences ask for
 
     @property
     def spec_acceptance_rate(self) -> float:

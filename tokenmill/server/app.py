@@ -18,20 +18,26 @@ from tokenmill.engine.async_engine import AsyncEngine
 from tokenmill.model.tokenizer import Tokenizer
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.server import responses
+from tokenmill.lora.request import LoRARequest
+from tokenmill.server.adapters import AdapterRegistry
 from tokenmill.server.admission import AdmissionControl
 from tokenmill.server.config import ServerConfig
 from tokenmill.server.errors import APIError, bad_request
 from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
-from tokenmill.server.protocol import ChatCompletionRequest, CompletionRequest, RequestLimits, parse_body
+from tokenmill.server.protocol import (
+    ChatCompletionRequest, CompletionRequest, LoadAdapterRequest, RequestLimits, UnloadAdapterRequest, parse_body,
+)  # fmt: skip
 from tokenmill.structured.grammar import GrammarCompiler
 from tokenmill.tool_calls.format import ToolCallFormat
 
 
 def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
-    metrics = ServerMetrics(config.served_model_name)
+    metrics = ServerMetrics(config.served_model_name, 0 if engine_config.lora is None else engine_config.lora.max_loras)
     engine = AsyncEngine(engine_config, tokenizer, on_step=lambda out: metrics.observe_engine(out.stats))
-    state = ServerState(engine, config, metrics, AdmissionControl(config.max_queued_requests, config.max_queued_tokens))
+    adapters = AdapterRegistry(config.served_model_name, engine_config.lora is not None, config.lora_modules)
+    state = ServerState(engine, config, metrics, AdmissionControl(config.max_queued_requests, config.max_queued_tokens),
+                        adapters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,53 +74,58 @@ def _public_routes(state: ServerState) -> APIRouter:
 
 def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     router = APIRouter(prefix="/v1")
-    model_name = state.config.served_model_name
     limits = RequestLimits(state.config.max_n, tokenizer.vocab_size, GrammarCompiler(tokenizer, tokenizer.vocab_size))
     tool_format = ToolCallFormat()
+    adapters = state.adapters
 
     @router.get("/models")
     async def models() -> dict:
-        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tokenmill",
-                "max_model_len": state.engine.max_model_len}
-        return {"object": "list", "data": [card]}
+        cards = [{**card, "max_model_len": state.engine.max_model_len} for card in adapters.cards()]
+        return {"object": "list", "data": cards}
+
+    @router.post("/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        body: LoadAdapterRequest = parse_body(await request.body(), LoadAdapterRequest)
+        adapters.load(body.lora_name, body.lora_path)
+        return Response(f"adapter {body.lora_name!r} loaded", media_type="text/plain")
+
+    @router.post("/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Response:
+        body: UnloadAdapterRequest = parse_body(await request.body(), UnloadAdapterRequest)
+        adapters.unload(body.lora_name)
+        return Response(f"adapter {body.lora_name!r} unloaded", media_type="text/plain")
 
     @router.post("/completions")
     async def completions(request: Request) -> Response:
         body: CompletionRequest = parse_body(await request.body(), CompletionRequest)
-        _check_model(body.model, model_name)
+        lora = adapters.resolve(body.model)
         params = body.sampling_params(limits)
         prompt = body.prompt_input()
         token_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else _checked_ids(prompt, tokenizer)
-        run = _start(state, token_ids, params, body, "cmpl", "prompt")
+        run = _start(state, token_ids, params, body, "cmpl", "prompt", lora)
         if body.stream:
-            return _sse(_stream_completion(run, model_name, body.include_usage))
+            return _sse(_stream_completion(run, body.model, body.include_usage))
         await _unless_disconnected(request, _consume(run))
-        return JSONResponse(responses.completion_body(run, model_name))
+        return JSONResponse(responses.completion_body(run, body.model))
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
-        _check_model(body.model, model_name)
+        lora = adapters.resolve(body.model)
         use = body.tool_use()
         params = body.sampling_params(limits, tool_format.constraint(use) if use is not None else None)
         try:
             text = tokenizer.apply_chat_template(body.conversation(tool_format, use), body.add_generation_prompt)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
-        run = _start(state, tokenizer.encode(text), params, body, "chatcmpl", "messages")
+        run = _start(state, tokenizer.encode(text), params, body, "chatcmpl", "messages", lora)
         calls_in = tool_format if use is not None else None  # the answers are parsed for calls
         if body.stream:
-            return _sse(_stream_chat(run, model_name, body.include_usage, calls_in))
+            return _sse(_stream_chat(run, body.model, body.include_usage, calls_in))
         await _unless_disconnected(request, _consume(run))
-        return JSONResponse(responses.chat_body(run, model_name, calls_in))
+        return JSONResponse(responses.chat_body(run, body.model, calls_in))
 
     return router
-
-
-def _check_model(requested: str, served: str) -> None:
-    if requested != served:
-        raise APIError(404, f"the model {requested!r} does not exist; this server serves {served!r}",
-                       param="model", code="model_not_found")
 
 
 def _checked_ids(token_ids: list[int], tokenizer: Tokenizer) -> list[int]:
@@ -126,7 +137,7 @@ def _checked_ids(token_ids: list[int], tokenizer: Tokenizer) -> list[int]:
 
 def _start(
     state: ServerState, token_ids: list[int], params: SamplingParams, body: CompletionRequest | ChatCompletionRequest,
-    kind: str, param: str,
+    kind: str, param: str, lora: LoRARequest | None = None,
 ) -> RequestRun:
     if not state.engine.is_alive:
         raise APIError(503, "the engine is not running", "server_error", code="engine_dead")
@@ -134,7 +145,7 @@ def _start(
     if len(token_ids) >= limit:
         raise bad_request(f"the prompt has {len(token_ids)} tokens; the context holds {limit}, "
                           f"leaving no room to generate", param)
-    run = RequestRun(state, token_ids, params, body.priority, kind, body.cache_salt)
+    run = RequestRun(state, token_ids, params, body.priority, kind, body.cache_salt, lora)
     run.admit()
     return run
 

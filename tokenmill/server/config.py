@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 API_KEY_ENV = "TOKENMILL_API_KEY"  # the API key, when --api-key is not given
 
@@ -20,6 +20,7 @@ class ServerConfig:
     max_request_bytes: int = 4 << 20
     max_n: int = 128  # samples one request may ask for (n, best_of), as OpenAI's limit; past it, 400
     drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight requests may take to finish
+    lora_modules: dict[str, str] = field(default_factory=dict)  # adapter name -> PEFT folder, served at start
 
     def __post_init__(self) -> None:
         for name in ("max_queued_requests", "max_queued_tokens", "max_request_bytes", "max_n"):

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 from tokenmill.engine.async_engine import AsyncEngine, EngineDeadError, RequestRejectedError
 from tokenmill.engine.output_processor import RequestDelta
+from tokenmill.lora.request import LoRARequest
 from tokenmill.outputs import Logprob, RequestMetrics
 from tokenmill.sampling_params import SamplingParams
+from tokenmill.server.adapters import AdapterRegistry
 from tokenmill.server.admission import AdmissionControl, QueueFullError, Ticket
 from tokenmill.server.config import ServerConfig
 from tokenmill.server.errors import APIError, bad_request
@@ -26,6 +28,7 @@ class ServerState:
     config: ServerConfig
     metrics: ServerMetrics
     admission: AdmissionControl
+    adapters: AdapterRegistry
 
 
 @dataclass
@@ -41,12 +44,13 @@ class Choice:
 
 class RequestRun:
     def __init__(self, state: ServerState, prompt_token_ids: list[int], params: SamplingParams, priority: int,
-                 kind: str, cache_salt: str | None = None) -> None:  # fmt: skip
+                 kind: str, cache_salt: str | None = None, lora: LoRARequest | None = None) -> None:  # fmt: skip
         self.state = state
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.priority = priority
         self.cache_salt = cache_salt
+        self.lora = lora
         self.num_cached_tokens = 0
         self.request_id = state.engine.new_request_id(kind)
         self.created = int(time.time())
@@ -75,7 +79,7 @@ class RequestRun:
         deadline = self.arrival + state.config.request_timeout_s
         try:
             stream = state.engine.generate(self.request_id, self.prompt_token_ids, self.params, self.priority,
-                                           self.cache_salt)
+                                           self.cache_salt, self.lora)
             async with aclosing(stream):
                 while True:
                     try:

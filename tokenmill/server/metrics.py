@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tokenmill.engine.stats import EngineStats
@@ -12,7 +14,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, max_loras: int = 0) -> None:
+        self.max_loras = max_loras
         self.registry = CollectorRegistry()
         labels = ["model_name"]
 
@@ -54,6 +57,14 @@ class ServerMetrics:
         self.grammar_steps = Counter("tokenmill:structured_output_masked_steps",
                                      "Steps that masked constrained rows (mask seconds / steps: the time per step)",
                                      labels, registry=self.registry)
+        self.lora_loads = Counter("tokenmill:lora_loads", "LoRA adapters put into a slot", labels,
+                                  registry=self.registry)
+        self.lora_swaps = Counter("tokenmill:lora_swaps", "LoRA loads that evicted another adapter", labels,
+                                  registry=self.registry)
+        # vLLM's: the adapters in use, as labels of one gauge whose value is when they were observed
+        self.lora_info = Gauge("tokenmill:lora_requests_info", "Running and waiting requests' LoRA adapters",
+                               ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+                               registry=self.registry)
         self.success = Counter("tokenmill:request_success", "Requests finished, by reason",
                                [*labels, "finished_reason"], registry=self.registry)
         self.rejected = Counter("tokenmill:request_rejected", "Requests refused, by reason", [*labels, "reason"],
@@ -76,6 +87,12 @@ class ServerMetrics:
         self.grammar_compile.labels(name).inc(stats.grammar_compile_seconds - seen.grammar_compile_seconds)
         self.grammar_mask.labels(name).inc(stats.grammar_mask_seconds - seen.grammar_mask_seconds)
         self.grammar_steps.labels(name).inc(stats.grammar_masked_steps - seen.grammar_masked_steps)
+        self.lora_loads.labels(name).inc(stats.lora_loads - seen.lora_loads)
+        self.lora_swaps.labels(name).inc(stats.lora_swaps - seen.lora_swaps)
+        if stats.running_adapters or stats.waiting_adapters or seen.running_adapters or seen.waiting_adapters:
+            self.lora_info.clear()
+            self.lora_info.labels(str(self.max_loras), ",".join(stats.running_adapters),
+                                  ",".join(stats.waiting_adapters)).set(time.time())
         if stats.speculative_method is not None:  # acceptance rate: accepted / draft tokens
             method = stats.speculative_method
             self.spec_drafts.labels(name, method).inc(stats.spec_draft_tokens - seen.spec_draft_tokens)

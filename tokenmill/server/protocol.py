@@ -119,6 +119,15 @@ class _SamplingRequest(StructuredFields):
         return bias
 
 
+class LoadAdapterRequest(BaseModel):
+    lora_name: str
+    lora_path: str
+
+
+class UnloadAdapterRequest(BaseModel):
+    lora_name: str
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """What the server checks a request against beyond its fields' own ranges."""
