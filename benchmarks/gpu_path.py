@@ -19,7 +19,7 @@ import time
 import torch
 
 from tokenmill import LLM, SamplingParams
-from tokenmill.bench.report import command_line, markdown_table
+from tokenmill.bench.report import print_figures
 from tokenmill.bench.workloads import offline_workload
 from tokenmill.eval.quality import weight_bytes
 from tokenmill.kernels.cpu_info import cpu_model
@@ -103,10 +103,7 @@ def main() -> None:
         ["256 requests, max_num_seqs 256 (output tok/s)", f"{median['tps256']:.0f}", "at least 25,000"],
         ["time to first token, 300-token prompt alone (ms)", f"{median['ttft']:.1f}", "at most 10"],
     ]
-    print("\n".join(markdown_table(["figure", "value", "issue 29's target"], rows)))
-    for key, values in runs.items():
-        print(f"{key}, every run: {', '.join(f'{v:.2f}' for v in values)}")
-    print(command_line())
+    print_figures(["figure", "value", "issue 29's target"], rows, runs)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,14 @@ def command_line() -> str:
 def load_average_note(load_before: float) -> str:
     """Both sides of a comparison use every core: anything else running skews the numbers."""
     return f"1-minute load average before the run: {load_before:.2f} on {os.cpu_count()} cores"
+
+
+def print_figures(header: list[str], rows: list[list[str]], every_run: dict[str, list[float]],
+                  notes: Iterable[str] = ()) -> None:  # fmt: skip
+    """A benchmark's table as markdown, every run of each figure, the notes, and the command."""
+    print("\n".join(markdown_table(header, rows)))
+    for key, values in every_run.items():
+        print(f"{key}, every run: {', '.join(f'{v:.2f}' for v in values)}")
+    for note in notes:
+        print(note)
+    print(command_line())
