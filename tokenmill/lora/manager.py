@@ -63,7 +63,6 @@ class LoRAManager:
         slots = torch.tensor(token_slots)
         for slot in sorted(set(token_slots) - {-1}):
             self.step.rows[slot] = (slots == slot).nonzero().squeeze(1).to(device)
-        self.device = device
 
     def _free_slot(self) -> int:
         if None in self.slots:
