@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
 import tempfile
@@ -41,9 +42,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def merged_folder(adapter_model, tokenizer_source: Path, path: Path) -> Path:
+    """peft's merged weights as a Hugging Face folder (written by hand: transformers will not save a
+    model it read from a GGUF file)."""
+    from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    adapter_model.merge_and_unload().save_pretrained(str(path))
+    model = adapter_model.merge_and_unload()
+    path.mkdir(parents=True, exist_ok=True)
+    tied = model.config.tie_word_embeddings
+    weights = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(weights, str(path / "model.safetensors"))
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (path / "config.json").write_text(json.dumps(config))
     AutoTokenizer.from_pretrained(str(tokenizer_source.parent), gguf_file=tokenizer_source.name).save_pretrained(str(path))
     return path
 
