@@ -310,7 +310,8 @@ class LLMEngine:
             grammar_mask_seconds=self.structured.mask_seconds + self.runner.sampler.grammar_mask_seconds,
             grammar_masked_steps=self.structured.masked_steps,
             lora_loads=lora.num_loads if lora is not None else 0, lora_swaps=lora.num_swaps if lora is not None else 0,
-            running_adapters=_adapter_names(scheduler.running), waiting_adapters=_adapter_names(scheduler.waiting),
+            running_adapters=_adapter_names(scheduler.running) if lora is not None else (),
+            waiting_adapters=_adapter_names(scheduler.waiting) if lora is not None else (),
         )
 
     @torch.inference_mode()

@@ -80,6 +80,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def dot_operand_dtype(dtype: torch.dtype) -> tl.dtype:
+    """tl.dot's operand dtype for activations of `dtype`: theirs on a GPU (bfloat16/float16 run on
+    the tensor cores), float32 under the interpreter (its bfloat16 dot is wrong)."""
+    return tl.float32 if interpreting() or dtype == torch.float32 else _TL_DTYPES[dtype]
+
+
 def paged_attention(q: torch.Tensor, kv: KVCacheView, block_tables: torch.Tensor, row_seq: torch.Tensor,
                     row_pos: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
     """q: [T, H, D]; row_seq, row_pos: [T] int32, each row's sequence (its block-table row) and
@@ -90,7 +96,7 @@ def paged_attention(q: torch.Tensor, kv: KVCacheView, block_tables: torch.Tensor
     assert q.stride(2) == 1, "each head's query must be contiguous"
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     int8 = kv.key_scales is not None
-    dot_dtype = tl.float32 if interpreting() or q.dtype == torch.float32 else _TL_DTYPES[q.dtype]
+    dot_dtype = dot_operand_dtype(q.dtype)
     _paged_attention_kernel[(num_rows, num_kv_heads)](
         q, out, kv.keys, kv.values, kv.key_scales if int8 else q, kv.value_scales if int8 else q, block_tables,
         row_seq, row_pos, scale, q.stride(0), q.stride(1), block_tables.stride(0),

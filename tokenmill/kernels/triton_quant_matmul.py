@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tokenmill.kernels.triton_attention import MIN_DOT_ROWS, interpreting
+from tokenmill.kernels.triton_attention import MIN_DOT_ROWS, dot_operand_dtype
 from tokenmill.quant.gpu_packing import GpuPackedWeight
 
 @triton.jit
@@ -58,7 +58,7 @@ def quant_matmul(x: torch.Tensor, weight: GpuPackedWeight, bias: torch.Tensor | 
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     block_m = MIN_DOT_ROWS if m <= MIN_DOT_ROWS else 64
     block_n = 64
-    dot_dtype = tl.float32 if interpreting() or x.dtype == torch.float32 else tl.bfloat16 if x.dtype == torch.bfloat16 else tl.float16
+    dot_dtype = dot_operand_dtype(x.dtype)
     block_k = 32 if weight.group % 32 == 0 else 16
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _quant_matmul_kernel[grid](

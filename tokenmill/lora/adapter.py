@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tokenmill.model.layers import shard_rows
+
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<parent>.+)\.(?P<module>\w+)\.lora_(?P<which>[AB])\.weight$")
 
@@ -83,15 +85,10 @@ def _fused(model: nn.Module, name: str, shards: dict[str, tuple[torch.Tensor, to
         if key not in shards:
             continue  # this shard is not a target: its delta is zero
         shard_a, shard_b = shards[key]
-        first, rows = (0, layer.out_features) if shard is None else _shard_rows(layer, shard)
+        first, rows = (0, layer.out_features) if shard is None else shard_rows(layer, shard)
         if shard_a.shape != (rank, layer.in_features) or shard_b.shape != (rows, rank):
             raise AdapterError(f"{name} {key}: lora_A {tuple(shard_a.shape)} and lora_B {tuple(shard_b.shape)} do "
                                f"not fit the base layer ({rows} x {layer.in_features}) at rank {rank}")
         a[i * rank : (i + 1) * rank] = shard_a
         b[first : first + rows, i * rank : (i + 1) * rank] = shard_b
     return LayerDelta(a, b)
-
-
-def _shard_rows(layer: nn.Module, shard: str) -> tuple[int, int]:
-    i = layer.shard_ids.index(shard)
-    return sum(layer.output_sizes[:i]), layer.output_sizes[i]

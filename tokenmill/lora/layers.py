@@ -25,15 +25,18 @@ class LoRAStep:
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Module, max_loras: int, max_rank: int, step: LoRAStep, device: torch.device) -> None:
+    def __init__(self, base: nn.Module, max_loras: int, max_rank: int, step: LoRAStep, device: torch.device,
+                 dtype: torch.dtype) -> None:  # fmt: skip
         super().__init__()
         self.base, self.step, self.max_rank = base, step, max_rank
         self.in_features, self.out_features = base.in_features, base.out_features
         self.shard_ids = getattr(base, "shard_ids", None)
         self.output_sizes = getattr(base, "output_sizes", None)
         shards = 1 if self.shard_ids is None else len(self.shard_ids)
-        self.register_buffer("lora_a", torch.zeros(max_loras, shards * max_rank, self.in_features, device=device))
-        self.register_buffer("lora_b", torch.zeros(max_loras, self.out_features, shards * max_rank, device=device))
+        # in the activations' dtype, so that a step casts nothing
+        shape_a, shape_b = (max_loras, shards * max_rank, self.in_features), (max_loras, self.out_features, shards * max_rank)
+        self.register_buffer("lora_a", torch.zeros(shape_a, device=device, dtype=dtype))
+        self.register_buffer("lora_b", torch.zeros(shape_b, device=device, dtype=dtype))
 
     def set_slot(self, slot: int, delta: LayerDelta | None, rank: int) -> None:
         """Puts an adapter's delta in a slot (None: the adapter leaves this layer alone); each
@@ -51,5 +54,5 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         for slot, rows in self.step.rows.items():
             part = x.index_select(0, rows)
-            y = y.index_add(0, rows, (part @ self.lora_a[slot].T.to(x.dtype)) @ self.lora_b[slot].T.to(x.dtype))
+            y = y.index_add(0, rows, (part @ self.lora_a[slot].T) @ self.lora_b[slot].T)
         return y

@@ -18,13 +18,14 @@ LORA_LAYERS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 class LoRAManager:
-    def __init__(self, model: nn.Module, max_loras: int, max_rank: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, max_loras: int, max_rank: int, device: torch.device,
+                 dtype: torch.dtype) -> None:  # fmt: skip
         self.model, self.max_rank = model, max_rank
         self.step = LoRAStep()
         self.layers: dict[str, LoRALinear] = {}
         for name, module in list(model.named_modules()):
             if name.rpartition(".")[2] in LORA_LAYERS:
-                self.layers[name] = LoRALinear(module, max_loras, max_rank, self.step, device)
+                self.layers[name] = LoRALinear(module, max_loras, max_rank, self.step, device, dtype)
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent), child, self.layers[name])
         self.slots: list[int | None] = [None] * max_loras  # the adapter id in each slot

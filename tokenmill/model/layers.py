@@ -47,6 +47,15 @@ class Linear(nn.Linear):
         return super().forward(x)
 
 
+def shard_rows(layer: nn.Module, shard_id: str) -> tuple[int, int]:
+    """(first row, number of rows) of a shard of a merged layer, or of a layer that replaced one and
+    kept its shard_ids and output_sizes (a quantized one, a LoRA wrapper)."""
+    if shard_id not in layer.shard_ids:
+        raise KeyError(f"{shard_id!r} is not a shard of this layer (its shards: {', '.join(layer.shard_ids)})")
+    i = layer.shard_ids.index(shard_id)
+    return sum(layer.output_sizes[:i]), layer.output_sizes[i]
+
+
 class MergedLinear(Linear):
     """A Linear whose output rows stack several checkpoint matrices (q | k | v, gate | up), so one
     product computes them all; its weight and bias load each matrix, by shard id, into its rows."""
@@ -63,10 +72,7 @@ class MergedLinear(Linear):
 
     def shard_rows(self, shard_id: str) -> tuple[int, int]:
         """(first row, number of rows) of a shard: the one place tensor parallelism adds a rank's offset."""
-        if shard_id not in self.shard_ids:
-            raise KeyError(f"{shard_id!r} is not a shard of this layer (its shards: {', '.join(self.shard_ids)})")
-        i = self.shard_ids.index(shard_id)
-        return sum(self.output_sizes[:i]), self.output_sizes[i]
+        return shard_rows(self, shard_id)
 
     def shard_view(self, param: torch.Tensor, shard_id: str | None) -> torch.Tensor:
         """The rows of the weight or the bias that hold a shard (None: all of them)."""

@@ -32,9 +32,7 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
     sampled: list[RunnerSequence] = []
     num_logits: list[int] = []
     prompt_rows: dict[int, tuple[int, int]] = {}
-    lora_slots: list[int] = []
     for seq, n in scheduled:
-        lora_slots += [seq.lora_slot] * n
         start, proposed = seq.num_computed_tokens, seq.spec_token_ids  # scheduled whole, or cleared
         if seq.returns_prompt_rows and start < seq.num_prompt_tokens:
             prompt_rows[seq.seq_id] = (len(input_ids), min(n, seq.num_prompt_tokens - start))
@@ -55,7 +53,8 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
         sampled_seqs=sampled,
         num_logits=num_logits,
         prompt_rows=prompt_rows,
-        lora_slots=lora_slots if any(seq.lora_slot >= 0 for seq, _ in scheduled) else None,
+        lora_slots=[seq.lora_slot for seq, n in scheduled for _ in range(n)]
+        if any(seq.lora_slot >= 0 for seq, _ in scheduled) else None,
     )
 
 

@@ -95,7 +95,7 @@ class CudaDecodeGraphs:
             "positions": torch.zeros(size, dtype=torch.long, device=device),
             "slot_blocks": torch.full((size,), scratch_block, dtype=torch.long, device=device),
             "slot_offsets": torch.zeros(size, dtype=torch.long, device=device),
-            "query_start": self._rows.clone(),
+            "query_start": self._rows.clone(),  # one query a row, in every decode step: never refilled
             "seq_lens": torch.ones(size, dtype=torch.int32, device=device),
             "block_tables": torch.full((size, self.max_blocks), scratch_block, dtype=torch.int32, device=device),
         }
@@ -147,7 +147,6 @@ class CudaDecodeGraphs:
         buffers["slot_blocks"][rows:size].fill_(self.scratch_block)
         buffers["slot_offsets"][:rows].copy_(attn.slot_offsets)
         buffers["slot_offsets"][rows:size].zero_()
-        buffers["query_start"][: size + 1].copy_(self._rows[: size + 1])  # one query a row
         buffers["seq_lens"][:rows].copy_(attn.seq_lens)
         buffers["seq_lens"][rows:size].fill_(1)
         width = attn.block_tables.shape[1]

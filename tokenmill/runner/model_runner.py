@@ -48,7 +48,7 @@ class ModelRunner:
                     self.attention.name)
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
         self.lora = None if lora_config is None else LoRAManager(
-            self.model, lora_config.max_loras, lora_config.max_lora_rank, self.device)
+            self.model, lora_config.max_loras, lora_config.max_lora_rank, self.device, self.dtype)
         self.input_batch = InputBatch(self.device, self.lora)
         self.speculator: Speculator | None = None
         self.decode_graphs: DecodeGraphs | CudaDecodeGraphs | None = None
