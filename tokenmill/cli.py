@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tokenmill.bench.cli import add_bench_commands
-from tokenmill.config import DraftTrainingConfig, EngineConfig
+from tokenmill.config import DraftTrainingConfig, EngineConfig, LoRATrainingConfig
 from tokenmill.engine_args import (
     add_engine_args, add_sampling_args, build_llm, engine_options, model_name, sampling_params,
 )  # fmt: skip
@@ -91,6 +91,21 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_lora(args: argparse.Namespace) -> int:
+    from tokenmill.model.default import default_model_path
+    from tokenmill.training.lora import train
+
+    model_path = args.model or default_model_path()
+    if model_path.suffix != ".gguf":
+        raise SystemExit("train-lora reads the base model from a GGUF file")
+    config = LoRATrainingConfig(rank=args.rank, alpha=args.alpha, targets=tuple(args.targets.split(",")),
+                                steps=args.steps, learning_rate=args.learning_rate, seed=args.seed)
+    losses = train(model_path, args.data, args.output, config)
+    print(f"adapter saved to {args.output}; training text's loss per token {losses['loss_before']:.3f} -> "
+          f"{losses['loss_after']:.3f}")
+    return 0
+
+
 def add_server_args(parser: argparse.ArgumentParser) -> None:
     S = ServerConfig  # its defaults are the flags' defaults
     parser.add_argument("model_tag", nargs="?", type=Path, default=None, help="the model (same as --model)")
@@ -157,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=DraftTrainingConfig.seed,
                        help="draws the prompts (the benchmarks draw with 0)")
     train.set_defaults(run=cmd_train_draft)
+
+    lora = commands.add_parser("train-lora", help="fine-tune a LoRA adapter with peft on the CPU (PEFT format)")
+    lora.add_argument("data", nargs="+", type=Path, help="chat pairs (.jsonl of prompt/response) or plain text files")
+    lora.add_argument("--output", type=Path, required=True, help="the adapter's folder")
+    lora.add_argument("--model", type=Path, default=None, help="the base model's GGUF file (default model)")
+    L = LoRATrainingConfig
+    lora.add_argument("--rank", type=int, default=L.rank)
+    lora.add_argument("--alpha", type=float, default=L.alpha)
+    lora.add_argument("--targets", default=",".join(L.targets), help="comma-separated modules among "
+                      "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    lora.add_argument("--steps", type=int, default=L.steps)
+    lora.add_argument("--learning-rate", type=float, default=L.learning_rate)
+    lora.add_argument("--seed", type=int, default=L.seed)
+    lora.set_defaults(run=cmd_train_lora)
 
     add_bench_commands(commands)
     add_eval_commands(commands)

@@ -203,15 +203,38 @@ class DraftTrainingConfig:
 
 
 @dataclass(frozen=True)
+class LoRATrainingConfig:
+    """`tokenmill train-lora`: how an adapter is fine-tuned (tokenmill.training.lora)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    steps: int = 60
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    max_len: int = 128  # tokens per example: longer chat pairs are cut, plain text is windowed
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class LoRAConfig:
     """Multi-LoRA: adapters applied per request (tokenmill/lora)."""
 
     max_loras: int = 4  # adapters resident in the layers at once
     max_lora_rank: int = 16
+    # adapters kept in host memory, resident ones included (None: max_loras, as vLLM); the least
+    # recently used of the others are dropped past it, and read from disk again when next used
+    max_cpu_loras: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_loras < 1 or self.max_lora_rank < 1:
             raise ValueError(f"max_loras and max_lora_rank must be >= 1, got {self.max_loras}, {self.max_lora_rank}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})")
+
+    @property
+    def host_adapters(self) -> int:
+        return self.max_loras if self.max_cpu_loras is None else self.max_cpu_loras
 
 
 @dataclass(frozen=True)
@@ -254,6 +277,7 @@ class EngineConfig:
         enable_lora: bool = False,
         max_loras: int = LoRAConfig.max_loras,
         max_lora_rank: int = LoRAConfig.max_lora_rank,
+        max_cpu_loras: int | None = None,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model; each `auto` is chosen for
         this machine (tokenmill/auto_mode.py) and logged."""
@@ -286,7 +310,7 @@ class EngineConfig:
                             speculative.num_lookahead_tokens if speculative is not None else 0,
                             max_loras if enable_lora else 0),
             speculative,
-            LoRAConfig(max_loras, max_lora_rank) if enable_lora else None,
+            LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None,
         )
 
 

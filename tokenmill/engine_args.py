@@ -57,6 +57,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (tokenmill/lora)")
     parser.add_argument("--max-loras", type=int, default=LoRAConfig.max_loras, help="adapters resident at once")
     parser.add_argument("--max-lora-rank", type=int, default=LoRAConfig.max_lora_rank)
+    parser.add_argument("--max-cpu-loras", type=int, default=None,
+                        help="adapters kept in host memory, resident ones included (default: --max-loras)")
     parser.add_argument("--draft-layers", type=int, default=None,
                         help="speculate with a self-draft made of the model's first N layers (method draft)")
 
@@ -89,6 +91,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
         speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
         enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
+        max_cpu_loras=args.max_cpu_loras,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ class LLM:
         block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory,
         kv_cache_memory_fraction, attention_backend, enable_prefix_caching, kv_cache_dtype,
         quantization, quantization_group_size, speculative_config, enforce_eager, enable_lora,
-        max_loras, max_lora_rank."""
+        max_loras, max_lora_rank, max_cpu_loras."""
         self.engine = LLMEngine(EngineConfig.create(model, **engine_options))
         self.tokenizer = self.engine.tokenizer
         self._processor = OutputProcessor(self.tokenizer)  # text, in this process, off the engine's step
@@ -62,11 +62,12 @@ class LLM:
         *,
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
+        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=add_generation_prompt)
                    for c in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     def stream(self, prompt: PromptType, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Generates for one prompt, yielding its output (text so far) after every step that adds to it."""

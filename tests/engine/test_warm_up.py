@@ -17,7 +17,7 @@ def test_warm_up_captures_every_batch_size_and_leaves_the_engine_as_new(make_llm
     assert engine.warm_up() > 0
     graphs = engine.runner.decode_graphs
     if graphs is not None:  # C kernels here
-        assert sorted(graphs.graphs) == [(n, n) for n in range(1, MAX_ROWS + 1)] and not graphs.eager_shapes
+        assert sorted(graphs.graphs) == [(n, n, False) for n in range(1, MAX_ROWS + 1)] and not graphs.eager_shapes
     stats = engine.stats()
     assert not engine.has_unfinished_requests() and stats.num_free_blocks == stats.num_blocks
     assert (stats.prefix_cache_queries, stats.prefix_cache_hits, stats.num_preemptions) == (0, 0, 0)

@@ -42,7 +42,7 @@ def test_replayed_steps_give_the_eager_engines_tokens_and_logprobs_bit_for_bit(m
     prompts = PROMPTS[:num_prompts]
     expected = run(eager, prompts)
     assert run(fast, prompts) == expected
-    assert (num_prompts, num_prompts) in graphs(fast).graphs  # captured on the first run ...
+    assert (num_prompts, num_prompts, False) in graphs(fast).graphs  # captured on the first run ...
     assert run(fast, prompts) == expected  # ... and replayed on the second
 
 
@@ -51,7 +51,7 @@ def test_sampled_and_penalized_steps_replay_too(make_llm):
     params = dict(temperature=0.8, top_p=0.9, seed=7, repetition_penalty=1.3)
     prompts = PROMPTS[:4]
     assert run(fast, prompts, **params) == run(eager, prompts, **params)
-    assert (4, 4) in graphs(fast).graphs
+    assert (4, 4, False) in graphs(fast).graphs
 
 
 def _half_into_second_half(out: torch.Tensor, _: torch.Tensor) -> None:
@@ -93,7 +93,7 @@ def test_a_torch_operation_inside_the_layers_keeps_that_batch_size_eager(make_ll
         assert [tokens for tokens, _ in expected] != [tokens for tokens, _ in unhooked]  # the hook does something
         assert run(fast, prompts) == expected
         assert run(fast, prompts) == expected  # the second run would replay a capture
-        shape = (batch_size, batch_size)
+        shape = (batch_size, batch_size, False)
         assert shape in graphs(fast).eager_shapes and shape not in graphs(fast).graphs
     finally:
         for handle in hooks:
@@ -109,7 +109,7 @@ def test_every_operation_of_the_models_own_forward_is_known_to_the_guard(mode):
     llm = LLM(**{"dtype": "float32", "quantization": "none", "kv_cache_memory": 16 * 2**20, **mode})
     try:
         run(llm, PROMPTS[:2])
-        assert graphs(llm).eager_shapes == set() and (2, 2) in graphs(llm).graphs
+        assert graphs(llm).eager_shapes == set() and (2, 2, False) in graphs(llm).graphs
     finally:
         del llm
         gc.collect()
@@ -132,5 +132,5 @@ def test_larger_batches_and_mixed_steps_run_eagerly(make_llm):
     fast = make_llm()
     prompts = [f"{i} apples and" for i in range(MAX_ROWS + 2)]
     run(fast, prompts)
-    assert max((rows for _, rows in graphs(fast).graphs), default=0) <= MAX_ROWS
+    assert max((rows for _, rows, _ in graphs(fast).graphs), default=0) <= MAX_ROWS
     assert all(graph.logits.dtype == torch.float32 for graph in graphs(fast).graphs.values())

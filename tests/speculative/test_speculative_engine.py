@@ -87,7 +87,7 @@ def test_verification_rows_replay_captured_steps(expected, speculative):
         pytest.skip("no C kernels here: every step is eager")
     for prompt, alone in zip(PROMPTS[:2], expected["alone"]):
         assert token_ids(speculative.generate(prompt, GREEDY, use_tqdm=False)) == [alone]
-    verifying = [(seqs, rows) for seqs, rows in graphs.graphs if rows > seqs]
+    verifying = [(seqs, rows) for seqs, rows, _ in graphs.graphs if rows > seqs]
     assert verifying and not graphs.eager_shapes
     assert_every_block_free(speculative)
 

@@ -315,13 +315,14 @@ class LLMEngine:
         )
 
     @torch.inference_mode()
-    def score_prompt(self, token_ids: Seq[int]) -> EngineOutput:
-        """Runs token_ids as a prompt alone and returns its prompt_logprobs and hidden_states
-        (evaluation, draft-head training). The engine must have no other request in flight."""
+    def score_prompt(self, token_ids: Seq[int], lora_request: LoRARequest | None = None) -> EngineOutput:
+        """Runs token_ids as a prompt alone (through an adapter, if given) and returns its
+        prompt_logprobs and hidden_states (evaluation, draft-head training). The engine must have
+        no other request in flight."""
         if self.requests:
             raise RuntimeError("score_prompt runs on an idle engine; requests are in flight")
         request_id = self.add_request(token_ids, SamplingParams(max_tokens=1, ignore_eos=True),
-                                      returns_prompt_rows=True)
+                                      returns_prompt_rows=True, lora_request=lora_request)
         try:
             while True:
                 for out in self.step():

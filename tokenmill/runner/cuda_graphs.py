@@ -101,9 +101,10 @@ class CudaDecodeGraphs:
         }
 
     def can_run(self, batch: ModelInput) -> bool:
-        """Decode rows only, one a sequence, each sampled, within the largest size and the captured width."""
+        """Decode rows only, one a sequence, each sampled, within the largest size and the captured
+        width, and none with a LoRA adapter (the delta is PyTorch's on CUDA, with per-step indices)."""
         rows = len(batch.input_ids)
-        return (0 < rows <= self.sizes[-1] and len(batch.attn.seq_lens) == rows
+        return (0 < rows <= self.sizes[-1] and len(batch.attn.seq_lens) == rows and batch.lora_slots is None
                 and len(batch.logits_indices) == rows and not batch.prompt_rows
                 and batch.attn.block_tables.shape[1] <= self.max_blocks)  # fmt: skip
 

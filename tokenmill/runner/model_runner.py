@@ -47,8 +47,7 @@ class ModelRunner:
         logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
                     self.attention.name)
         self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
-        self.lora = None if lora_config is None else LoRAManager(
-            self.model, lora_config.max_loras, lora_config.max_lora_rank, self.device, self.dtype)
+        self.lora = None if lora_config is None else LoRAManager(self.model, lora_config, self.device, self.dtype)
         self.input_batch = InputBatch(self.device, self.lora)
         self.speculator: Speculator | None = None
         self.decode_graphs: DecodeGraphs | CudaDecodeGraphs | None = None
@@ -78,7 +77,7 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
         if self.lora is not None:
-            self.lora.set_step(batch.lora_slots, self.device)
+            self.lora.set_step(batch.lora_slots)
         logits, rows, prompt_logprobs, hidden_states = self._forward(batch)
         if logits is None:
             return RunnerOutput(prompt_logprobs=prompt_logprobs, hidden_states=hidden_states)
@@ -99,8 +98,7 @@ class ModelRunner:
     def _forward(self, batch: ModelInput) -> tuple[torch.Tensor | None, torch.Tensor | None, dict, dict]:
         """The logits of the rows to sample or verify (None if none) and their hidden states, and
         the prompt rows asked for."""
-        # a captured step has no LoRA deltas (they are torch calls): steps with adapters run eagerly
-        if self.decode_graphs is not None and batch.lora_slots is None and self.decode_graphs.can_run(batch):
+        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
             return *self.decode_graphs.run(batch), {}, {}
         hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
         prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)

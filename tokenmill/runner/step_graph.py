@@ -12,8 +12,9 @@ watches it run.
 A step can be captured only if every operation that computes is a recorded kernel; the model's
 own torch calls must be views and allocations, which runner/capture_guard.py checks while
 capturing. Where anything else runs (a PyTorch matrix product for shapes the C kernels do not
-take, an in-place edit by a hook, a LoRA delta written in torch), that shape stays eager. The
-embedding lookup runs before the replayed part, and sampling after it.
+take, an in-place edit by a hook, a LoRA delta in PyTorch's path), that shape stays eager. LoRA's C
+kernel reads each row's adapter slot from a buffer that never moves (lora/layers.py), so steps
+with adapters replay too. The embedding lookup runs before the replayed part, and sampling after it.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ class _Graph:
     memory: list[torch.Tensor]  # every tensor the recorded calls read or write
 
 
-Shape = tuple[int, int]  # (sequences, rows)
+Shape = tuple[int, int, bool]  # (sequences, rows, whether a row has a LoRA adapter)
 
 
 class DecodeGraphs:
     """Captures and replays steps over `model` in which every row is sampled or verified: decode
     rows, one a sequence, and speculative decoding's proposals, several. A capture serves every
-    step of its shape, (sequences, rows), up to MAX_ROWS rows: how the rows fall to the sequences
+    step of its shape, (sequences, rows, with adapters), up to MAX_ROWS rows: how the rows fall to the sequences
     is data (the attention kernel reads it from query_start), not part of the recorded calls."""
 
     max_batch_size = MAX_ROWS
@@ -88,19 +89,20 @@ class DecodeGraphs:
             hidden = self.model(None, inputs["positions"], plan, inputs_embeds=inputs["embeds"])
             logits = self.model.compute_logits(hidden)
         if guard.refusal is not None:
-            logger.info("steps of %d sequences and %d rows stay eager: %s computes outside the kernels", *shape,
-                        guard.refusal)
+            logger.info("steps of %d sequences and %d rows (adapters: %s) stay eager: %s computes outside the "
+                        "kernels", *shape, guard.refusal)
             self.eager_shapes.add(shape)
             return logits, hidden
         program = Program(recording.calls)
         self.graphs[shape] = _Graph(program, inputs, hidden, logits, [*inputs.values(), *guard.allocated, logits])
-        logger.debug("captured steps of %d sequences and %d rows: %d kernel calls, replayed %s", *shape,
+        logger.debug("captured steps of %d sequences and %d rows (adapters: %s): %d kernel calls, replayed %s", *shape,
                      len(program.calls), "in C" if program.in_c else "by ctypes")
         return logits, hidden
 
 
 def _shape(batch: ModelInput) -> Shape:
-    return len(batch.attn.seq_lens), len(batch.input_ids)
+    # a step without adapters runs no LoRA calls, so its capture cannot serve a step with them
+    return len(batch.attn.seq_lens), len(batch.input_ids), batch.lora_slots is not None
 
 
 def _static_inputs(embeds: torch.Tensor, attn: AttentionBatch, max_blocks: int) -> dict[str, torch.Tensor]:
