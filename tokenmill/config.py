@@ -238,6 +238,28 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Splitting the model over ranks (tokenmill/distributed): worker processes on this host that
+    meet at master_addr:master_port (0: a free port)."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size and pipeline_parallel_size must be >= 1, got "
+                             f"{self.tensor_parallel_size} and {self.pipeline_parallel_size}")
+        if self.pipeline_parallel_size > 1:
+            raise ValueError("pipeline_parallel_size > 1 is not supported yet")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything an engine is built from: what `LLM(...)` and `tokenmill serve` hand down."""
 
@@ -246,8 +268,11 @@ class EngineConfig:
     scheduler: SchedulerConfig
     speculative: SpeculativeConfig | None = None
     lora: LoRAConfig | None = None  # None: no adapters
+    parallel: ParallelConfig = ParallelConfig()
 
     def __post_init__(self) -> None:
+        if self.parallel.world_size > 1 and (self.lora is not None or self.speculative is not None):
+            raise ValueError("LoRA and speculative decoding are not supported yet with tensor_parallel_size > 1")
         needed = 0 if self.speculative is None else self.speculative.num_lookahead_tokens
         if self.scheduler.num_lookahead_tokens < needed:
             raise ValueError(f"speculative method {self.speculative.method!r} writes {needed} tokens' KV ahead: "
@@ -278,6 +303,8 @@ class EngineConfig:
         max_loras: int = LoRAConfig.max_loras,
         max_lora_rank: int = LoRAConfig.max_lora_rank,
         max_cpu_loras: int | None = None,
+        tensor_parallel_size: int = ParallelConfig.tensor_parallel_size,
+        pipeline_parallel_size: int = ParallelConfig.pipeline_parallel_size,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model; each `auto` is chosen for
         this machine (tokenmill/auto_mode.py) and logged."""
@@ -287,6 +314,9 @@ class EngineConfig:
         path = Path(model) if model is not None else default_model_path()
         parsed_device = ModelConfig.parse_device(device)
         _check_choice("quantization", quantization or "none", QUANTIZATION_CHOICES)
+        if tensor_parallel_size > 1 and quantization == "auto":
+            logger.info("auto: quantization none (tensor parallelism splits unquantized weights for now)")
+            quantization = "none"
         mode = choose_mode(path, parsed_device, dtype, quantization or "none", kv_cache_dtype)
         for reason in mode.reasons:
             logger.info("auto: %s", reason)
@@ -311,6 +341,7 @@ class EngineConfig:
                             max_loras if enable_lora else 0),
             speculative,
             LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None,
+            ParallelConfig(tensor_parallel_size, pipeline_parallel_size),
         )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenmill.config import (
     ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, LoRAConfig,
-    ModelConfig, SchedulerConfig,
+    ModelConfig, ParallelConfig, SchedulerConfig,
 )  # fmt: skip
 from tokenmill.model.default import DEFAULT_MODEL_NAME
 from tokenmill.sampling_params import SamplingParams
@@ -59,6 +59,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-lora-rank", type=int, default=LoRAConfig.max_lora_rank)
     parser.add_argument("--max-cpu-loras", type=int, default=None,
                         help="adapters kept in host memory, resident ones included (default: --max-loras)")
+    parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=ParallelConfig.tensor_parallel_size,
+                        help="split the model over this many ranks (worker processes, torch.distributed)")
+    parser.add_argument("-pp", "--pipeline-parallel-size", type=int, default=ParallelConfig.pipeline_parallel_size)
     parser.add_argument("--draft-layers", type=int, default=None,
                         help="speculate with a self-draft made of the model's first N layers (method draft)")
 
@@ -91,7 +94,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
         speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
         enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
-        max_cpu_loras=args.max_cpu_loras,
+        max_cpu_loras=args.max_cpu_loras, tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ class LLM:
         block_size, max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory,
         kv_cache_memory_fraction, attention_backend, enable_prefix_caching, kv_cache_dtype,
         quantization, quantization_group_size, speculative_config, enforce_eager, enable_lora,
-        max_loras, max_lora_rank, max_cpu_loras."""
+        max_loras, max_lora_rank, max_cpu_loras, tensor_parallel_size, pipeline_parallel_size."""
         self.engine = LLMEngine(EngineConfig.create(model, **engine_options))
         self.tokenizer = self.engine.tokenizer
         self._processor = OutputProcessor(self.tokenizer)  # text, in this process, off the engine's step

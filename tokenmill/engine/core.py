@@ -93,8 +93,16 @@ def run_engine_core(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the front end, which sends Shutdown
     parent = os.getppid()
     engine = LLMEngine(config)
-    engine.warm_up()  # before ready: the first requests run as fast as the rest
-    outbox.send(CoreReady(engine.max_model_len))
+    try:
+        engine.warm_up()  # before ready: the first requests run as fast as the rest
+        outbox.send(CoreReady(engine.max_model_len))
+        _serve(engine, inbox, outbox, parent)
+    finally:
+        engine.shutdown()
+
+
+def _serve(engine: LLMEngine, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.connection.Connection,
+           parent: int) -> None:
     while True:
         messages: list[AddRequest | AbortRequest | Shutdown] = []
         try:

@@ -21,8 +21,7 @@ from tokenmill.engine.stop import check_stop
 from tokenmill.kv.kv_manager import KVCacheManager
 from tokenmill.lora.adapter import AdapterError
 from tokenmill.lora.request import LoRARequest
-from tokenmill.model.loader import load_model
-from tokenmill.runner.model_runner import ModelRunner
+from tokenmill.distributed.executor import make_executor
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.structured.manager import StructuredOutputManager
 
@@ -41,10 +40,10 @@ class InvalidRequestError(ValueError):
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
-        loaded = load_model(config.model)
-        self.tokenizer = loaded.tokenizer
-        self.arch = loaded.arch
-        self.runner = ModelRunner(loaded, config.model, config.cache, config.lora)
+        self.executor = make_executor(config)  # the runner here, and on every other rank if there are several
+        self.runner = self.executor.runner  # rank 0's: what the engine reads of the runner's state
+        self.tokenizer = self.executor.loaded.tokenizer
+        self.arch = self.executor.loaded.arch
         self.kv_manager = KVCacheManager(self.runner.num_blocks, config.cache.block_size,
                                          config.cache.enable_prefix_caching)
         self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
@@ -52,10 +51,10 @@ class LLMEngine:
         self.structured = StructuredOutputManager(self.tokenizer, self.arch.vocab_size)
         spec = config.speculative
         if spec is not None:
-            self.runner.enable_speculation(spec, self.max_model_len)
+            self.executor.call("enable_speculation", spec, self.max_model_len)
         if not config.model.enforce_eager:
-            self.runner.enable_decode_graphs(self.max_model_len + config.scheduler.num_lookahead_tokens,
-                                             config.scheduler.max_num_seqs)
+            self.executor.call("enable_decode_graphs", self.max_model_len + config.scheduler.num_lookahead_tokens,
+                               config.scheduler.max_num_seqs)
         self.speculative_method = None if spec is None else spec.method
         self._num_draft_tokens = self._num_accepted_tokens = 0
         self.requests: dict[str, Request] = {}
@@ -203,7 +202,7 @@ class LLMEngine:
         self._mark_scheduled(sched)
         if self.structured.active:
             sched = dataclasses.replace(sched, grammar_bitmask=self.structured.bitmask(self._sampling_seq_ids(sched)))
-        result = self.runner.execute(sched)
+        result = self.executor.execute(sched)
         self.scheduler.update(result)
         self._num_draft_tokens += result.spec_counts.num_draft_tokens
         self._num_accepted_tokens += result.spec_counts.num_accepted_tokens
@@ -294,6 +293,10 @@ class LLMEngine:
         logger.info("warmed up in %.2f s: a %d-token prefill and decode steps of 1-%d sequences", seconds,
                     len(long_prompt), ladder)
         return seconds
+
+    def shutdown(self) -> None:
+        """Stops the other ranks' workers, if any (idempotent)."""
+        self.executor.shutdown()
 
     # ---- for tools ---------------------------------------------------------------------------
 

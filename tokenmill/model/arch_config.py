@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenmill.distributed.group import TensorParallel
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,13 @@ class ArchConfig:
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+
+    def for_rank(self, tp: TensorParallel) -> ArchConfig:
+        """The heads one tensor-parallel rank holds (itself with one rank)."""
+        if tp.size == 1:
+            return self
+        return replace(self, num_heads=tp.split(self.num_heads, "attention heads")[1],
+                       num_kv_heads=tp.kv_heads(self.num_kv_heads)[1])
 
     @property
     def num_queries_per_kv(self) -> int:

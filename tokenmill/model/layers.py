@@ -90,9 +90,11 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
     param.data.copy_(loaded)
 
 
-def check_shape(dest: torch.Tensor, loaded: torch.Tensor | QuantizedTensor, what: str) -> None:
-    if dest.shape != loaded.shape:
-        raise ValueError(f"{what} has shape {tuple(loaded.shape)}, expected {tuple(dest.shape)}")
+def check_shape(dest: torch.Tensor | torch.Size, loaded: torch.Tensor | QuantizedTensor, what: str) -> None:
+    """`dest`: the tensor loaded into, or the shape the checkpoint tensor must have."""
+    shape = dest if isinstance(dest, torch.Size) else dest.shape
+    if shape != loaded.shape:
+        raise ValueError(f"{what} has shape {tuple(loaded.shape)}, expected {tuple(shape)}")
 
 
 class RMSNorm(nn.Module):

@@ -7,11 +7,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from tokenmill.model.arch_config import ArchConfig
 from tokenmill.attention.base import AttentionPlan
+from tokenmill.distributed.group import TensorParallel
+from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.attention import PagedAttention
-from tokenmill.model.layers import (
-    Linear, MergedLinear, RMSNorm, RotaryEmbedding, SiluAndMul, check_shape, default_weight_loader,
+from tokenmill.model.layers import MergedLinear, RMSNorm, RotaryEmbedding, SiluAndMul, check_shape, default_weight_loader
+from tokenmill.model.parallel_layers import (
+    ParallelLMHead, RowParallelLinear, ShardedMergedLinear, VocabParallelEmbedding, gather_logits,
 )
 from tokenmill.quant.tensor import QuantizedTensor, concat_rows
 
@@ -20,16 +22,20 @@ PACKED_MODULES = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ArchConfig) -> None:
+    """This rank's query heads and KV heads (all of them with one rank)."""
+
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.q_size = cfg.num_heads * cfg.head_dim
-        self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.head_dim = cfg.head_dim
-        self.qkv_proj = MergedLinear(cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size],
-                                     PACKED_MODULES["qkv_proj"], bias=cfg.attention_bias)
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
+        dim = self.head_dim = cfg.head_dim
+        first_head, num_heads = tp.split(cfg.num_heads, "attention heads")
+        first_kv, num_kv = tp.kv_heads(cfg.num_kv_heads)
+        self.q_size, self.kv_size = num_heads * dim, num_kv * dim
+        self.qkv_proj = ShardedMergedLinear(cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size],
+                                            PACKED_MODULES["qkv_proj"], [(cfg.num_heads * dim, first_head * dim),
+                                            *[(cfg.num_kv_heads * dim, first_kv * dim)] * 2], bias=cfg.attention_bias)  # fmt: skip
+        self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size, first_head * dim, tp)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.attn = PagedAttention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self.attn = PagedAttention(num_heads, num_kv, cfg.head_dim)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -40,10 +46,12 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ArchConfig) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.gate_up_proj = MergedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, PACKED_MODULES["gate_up_proj"])
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        first, size = tp.split(cfg.intermediate_size, "MLP columns")
+        self.gate_up_proj = ShardedMergedLinear(cfg.hidden_size, [size] * 2, PACKED_MODULES["gate_up_proj"],
+                                                [(cfg.intermediate_size, first)] * 2)
+        self.down_proj = RowParallelLinear(size, cfg.hidden_size, first, tp)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,12 +59,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ArchConfig) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg)
+        self.self_attn = LlamaAttention(cfg, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = LlamaMLP(cfg, tp)
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, plan: AttentionPlan
@@ -68,10 +76,10 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ArchConfig) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, tp) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
@@ -90,11 +98,11 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     packed_modules_mapping = PACKED_MODULES
 
-    def __init__(self, cfg: ArchConfig) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel = TensorParallel()) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.model = LlamaModel(cfg)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.cfg, self.tp = cfg, tp
+        self.model = LlamaModel(cfg, tp)
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -108,7 +116,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model.embed_tokens(input_ids)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return gather_logits(self.lm_head(hidden), self.cfg.vocab_size, self.tp).float()
 
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]

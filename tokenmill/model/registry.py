@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from tokenmill.distributed.group import TensorParallel
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.llama import LlamaForCausalLM
 
@@ -13,8 +14,8 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(cfg: ArchConfig) -> nn.Module:
+def build_model(cfg: ArchConfig, tp: TensorParallel = TensorParallel()) -> nn.Module:
     if cfg.architecture not in ARCHITECTURES:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise ValueError(f"architecture {cfg.architecture!r} is not supported (supported: {supported})")
-    return ARCHITECTURES[cfg.architecture](cfg)
+    return ARCHITECTURES[cfg.architecture](cfg, tp)

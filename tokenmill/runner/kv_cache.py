@@ -40,9 +40,13 @@ def block_bytes(arch: ArchConfig, block_size: int, kv_dtype: torch.dtype) -> int
     return 2 * arch.num_layers * block_size * arch.num_kv_heads * per_token_head
 
 
-def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, kv_dtype: torch.dtype, device: torch.device) -> KVCacheSize:
-    budget = cfg.kv_cache_memory or int(available_memory(device) * cfg.kv_cache_memory_fraction)
+def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, kv_dtype: torch.dtype, device: torch.device,
+                  num_blocks: int | None = None) -> KVCacheSize:  # fmt: skip
+    """The pool for the budget, or of num_blocks blocks (as another rank sized it)."""
     per_block = block_bytes(arch, cfg.block_size, kv_dtype)
+    if num_blocks is not None:
+        return KVCacheSize(num_blocks, per_block, (num_blocks + 1) * per_block)
+    budget = cfg.kv_cache_memory or int(available_memory(device) * cfg.kv_cache_memory_fraction)
     size = KVCacheSize(budget // per_block - 1, per_block, budget)  # one more is the scratch block (PagedModel)
     if size.num_blocks < 1:
         raise ValueError(f"kv_cache_memory of {budget} bytes holds no block ({per_block} bytes each)")

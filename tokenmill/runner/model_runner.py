@@ -30,9 +30,11 @@ logger = logging.getLogger(__name__)
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, model_config: ModelConfig, cache_config: CacheConfig,
-                 lora_config: LoRAConfig | None = None) -> None:  # fmt: skip
+                 lora_config: LoRAConfig | None = None, num_blocks: int | None = None) -> None:  # fmt: skip
+        """num_blocks: the pool's size when another rank chose it; None sizes it from the budget."""
         self.model = loaded.model
         self.arch = loaded.arch
+        self.tp_size = loaded.tp_size
         self.model_config = model_config
         self.device, self.dtype = model_config.device, model_config.activation_dtype
         self.block_size = cache_config.block_size
@@ -41,7 +43,7 @@ class ModelRunner:
             keep_activations_on_heap()
         start = time.monotonic()
         kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, self.dtype)
-        self.kv_size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device)
+        self.kv_size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device, num_blocks)
         self.paged = PagedModel.build(loaded, model_config, self.kv_size.num_blocks, self.block_size, kv_dtype)
         self.num_blocks, self.attention = self.paged.num_blocks, self.paged.attention
         logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
@@ -61,8 +63,11 @@ class ModelRunner:
     def enable_decode_graphs(self, max_model_len: int, max_num_seqs: int) -> None:
         """Captures decode steps and replays them: on the CPU where every kernel is a C one
         (runner/step_graph.py), on CUDA as CUDA graphs where the attention plan is the Triton
-        backend's, built on the device (runner/cuda_graphs.py)."""
-        if self.device.type == "cpu" and self.attention.name == "cpu":
+        backend's, built on the device (runner/cuda_graphs.py). Not with tensor parallelism: its
+        all-reduces are no recorded kernels, so its steps run eagerly."""
+        if self.tp_size > 1:
+            logger.info("tensor parallelism: decode steps run eagerly (no capture)")
+        elif self.device.type == "cpu" and self.attention.name == "cpu":
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_model_len, self.block_size)
         elif self.device.type == "cuda" and self.attention.name == "triton":
             self.decode_graphs = CudaDecodeGraphs(self.model, self.attention, max_model_len, self.block_size,

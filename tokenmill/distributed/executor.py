@@ -1,0 +1,133 @@
+"""Executors: how the engine core reaches the model runner of every rank.
+
+With one rank the runner lives in the engine's process and a call is a call. With tensor
+parallelism the engine's process is rank 0 and starts a worker process for each other rank
+(`python -m tokenmill.distributed.worker`); every rank loads its part of the model, and rank 0
+broadcasts each call (a `SchedulerOutput` to execute, mostly) over the ranks' own process group
+before making it itself. The runners' collectives inside the call (all-reduces, the logits'
+all-gather) then line up, and every rank samples the same tokens from the same gathered logits,
+so each rank's copy of the batch stays the same. Rank 0's result is the engine's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokenmill.config import EngineConfig
+from tokenmill.distributed.group import RankGroup, TensorParallel
+from tokenmill.engine.messages import RunnerOutput, SchedulerOutput
+from tokenmill.model.loader import LoadedModel, load_model
+from tokenmill.runner.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process reads on its standard input to join the engine."""
+
+    config: EngineConfig
+    rank: int
+    master_addr: str
+    master_port: int
+
+
+@dataclass(frozen=True)
+class RunnerCall:
+    """A call every rank makes on its ModelRunner; `method` None ends the workers."""
+
+    method: str | None
+    args: tuple = ()
+
+
+class Executor:
+    """One rank: the runner in this process."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.loaded = load_model(config.model)
+        self.runner = ModelRunner(self.loaded, config.model, config.cache, config.lora)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.runner, method)(*args)
+
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        return self.runner.execute(sched)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class MultiprocExecutor(Executor):
+    """Rank 0 of a tensor-parallel group, with a worker process for each other rank."""
+
+    def __init__(self, config: EngineConfig) -> None:  # noqa: super().__init__ loads one whole model
+        parallel = config.parallel
+        port = parallel.master_port or _free_port(parallel.master_addr)
+        self._workers = [_start_worker(WorkerSpec(config, rank, parallel.master_addr, port))
+                         for rank in range(1, parallel.world_size)]  # fmt: skip
+        self._stop = weakref.finalize(self, _stop_workers, self._workers)
+        torch.set_num_threads(threads_per_rank(parallel.world_size))  # the ranks share this machine's cores
+        try:
+            self.ranks = RankGroup.connect(0, parallel.world_size, parallel.master_addr, port, config.model.device)
+            self.loaded = load_model(config.model, TensorParallel(self.ranks))
+            self.runner = ModelRunner(self.loaded, config.model, config.cache, config.lora)
+            # the pool's size is rank 0's: a budget from free memory may differ between processes
+            self.ranks.broadcast_object(RunnerCall("__init__", (self.runner.num_blocks,)))
+        except BaseException:
+            for process in self._workers:  # they fail alike, or wait for a rank 0 that is gone
+                process.kill()
+            self._stop()
+            raise
+        logger.info("tensor parallelism: %d ranks over %s", parallel.world_size, type(self.ranks.group).__name__)
+
+    def call(self, method: str, *args: Any) -> Any:
+        self.ranks.broadcast_object(RunnerCall(method, args))
+        return super().call(method, *args)
+
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        return self.call("execute", sched)
+
+    def shutdown(self) -> None:
+        if self._stop.alive:
+            self.ranks.broadcast_object(RunnerCall(None))
+            self._stop()
+
+
+def threads_per_rank(world_size: int) -> int:
+    return max(1, (os.cpu_count() or 1) // world_size)
+
+
+def make_executor(config: EngineConfig) -> Executor:
+    return MultiprocExecutor(config) if config.parallel.world_size > 1 else Executor(config)
+
+
+def _start_worker(spec: WorkerSpec) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "tokenmill.distributed.worker"], stdin=subprocess.PIPE)
+    process.stdin.write(pickle.dumps(spec))
+    process.stdin.close()
+    return process
+
+
+def _stop_workers(workers: list[subprocess.Popen]) -> None:
+    """Waits a moment for workers (told to stop, or losing rank 0's connection), then ends any still running."""
+    for process in workers:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -1,0 +1,110 @@
+"""Layers split across tensor-parallel ranks (Megatron-LM's scheme, as vLLM uses it).
+
+- Column-parallel: each rank holds some output rows; a merged one (q | k | v, gate | up) holds
+  its rows of each shard (`ShardedMergedLinear`). No communication: the next layer takes the split.
+- Row-parallel (`RowParallelLinear`, o_proj and down_proj): each rank holds the input columns
+  that match the split before it; the partial products are summed by one all-reduce.
+- Vocabulary-parallel embedding and LM head: each rank holds some vocabulary rows (the vocabulary
+  padded to a multiple of the ranks); the embedding's lookups are summed by an all-reduce (a rank
+  contributes zeros for tokens outside its rows), the logits gathered side by side.
+
+With one rank each is its plain counterpart: same parameters, same products, no communication.
+Each parameter's weight_loader takes the whole checkpoint tensor and keeps this rank's part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenmill.distributed.group import TensorParallel
+from tokenmill.model.layers import Linear, MergedLinear, check_shape
+
+
+class ShardedMergedLinear(MergedLinear):
+    """A MergedLinear whose shards are each a part of a checkpoint matrix: `sources` gives, per
+    shard, the checkpoint matrix's row count and the first row of this rank's part (its row count
+    is the shard's output size here)."""
+
+    def __init__(self, in_features: int, output_sizes: Sequence[int], shard_ids: Sequence[str],
+                 sources: Sequence[tuple[int, int]], bias: bool = False) -> None:  # fmt: skip
+        super().__init__(in_features, output_sizes, shard_ids, bias)
+        self.sources = dict(zip(shard_ids, sources))
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
+        if shard_id is not None:
+            full_rows, first = self.sources[shard_id]
+            check_shape(torch.Size([full_rows, *param.shape[1:]]), loaded, f"shard {shard_id!r}")
+            loaded = loaded.narrow(0, first, self.shard_rows(shard_id)[1])
+        super().weight_loader(param, loaded, shard_id)
+
+
+class RowParallelLinear(Linear):
+    """This rank's input columns [first, first + in_features) of a checkpoint matrix; the outputs
+    are summed over ranks (a bias, if any, added once, after the sum)."""
+
+    def __init__(self, in_features: int, out_features: int, first_column: int, tp: TensorParallel) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.first_column, self.tp = first_column, tp
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        check_shape(torch.Size([self.out_features, self.in_features * self.tp.size]), loaded, "tensor")
+        part = loaded.narrow(1, self.first_column, self.in_features)
+        check_shape(param.data, part, "tensor")
+        param.data.copy_(part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tp.all_reduce(super().forward(x))
+
+
+class VocabParallelEmbedding(nn.Embedding):
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel) -> None:
+        self.first, rows = tp.vocab_rows(vocab_size)
+        super().__init__(rows, hidden_size)
+        self.vocab_size, self.tp = vocab_size, tp
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        load_vocab_rows(param, loaded, self.first, self.vocab_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return super().forward(input_ids)
+        local = input_ids - self.first
+        mine = (local >= 0) & (local < self.num_embeddings)
+        out = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight) * mine.unsqueeze(-1)
+        return self.tp.all_reduce(out)
+
+
+class ParallelLMHead(Linear):
+    """The LM head over this rank's vocabulary rows; `gather_logits` joins every rank's (after
+    quantization may have replaced this layer)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, tp: TensorParallel) -> None:
+        self.first, rows = tp.vocab_rows(vocab_size)
+        super().__init__(hidden_size, rows, bias=False)
+        self.vocab_size, self.tp = vocab_size, tp
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        load_vocab_rows(param, loaded, self.first, self.vocab_size)
+
+
+
+def gather_logits(local: torch.Tensor, vocab_size: int, tp: TensorParallel) -> torch.Tensor:
+    """Every rank's vocabulary rows' logits side by side, the padding past the vocabulary cut."""
+    return tp.all_gather(local)[..., :vocab_size]
+
+
+def load_vocab_rows(param: nn.Parameter, loaded: torch.Tensor, first: int, vocab_size: int) -> None:
+    """Rows [first, first + rows) of a [vocab, hidden] checkpoint tensor; rows past the vocabulary
+    (its padding to a multiple of the ranks) are zeros."""
+    if loaded.shape[0] != vocab_size or loaded.shape[1:] != param.shape[1:]:
+        raise ValueError(f"tensor has shape {tuple(loaded.shape)}, expected ({vocab_size}, {param.shape[1]})")
+    count = max(0, min(param.shape[0], vocab_size - first))
+    param.data.zero_()
+    param.data[:count].copy_(loaded.narrow(0, first, count))
