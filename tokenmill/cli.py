@@ -64,6 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.model_tag is not None:
         args.model = args.model_tag
     engine_config = EngineConfig.create(**engine_options(args))
+    if engine_config.parallel.node_rank > 0:  # ranks only: node 0 serves the API
+        from tokenmill.distributed.executor import run_node
+
+        return run_node(engine_config)
     serve(engine_config, ServerConfig(
         served_model_name=args.served_model_name or model_name(args), host=args.host, port=args.port,
         api_key=args.api_key or os.environ.get(API_KEY_ENV),

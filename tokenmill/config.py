@@ -239,13 +239,17 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Splitting the model over ranks (tokenmill/distributed): worker processes on this host that
-    meet at master_addr:master_port (0: a free port)."""
+    """Splitting the model over ranks (tokenmill/distributed): worker processes that meet at
+    master_addr:master_port (0: a free port, one host only). Over several hosts, as torchrun: each
+    host runs `tokenmill serve` with the same sizes and rendezvous and its own node_rank; node 0
+    serves the API and holds rank 0, every host runs world_size / nnodes ranks."""
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     master_addr: str = "127.0.0.1"
     master_port: int = 0
+    nnodes: int = 1
+    node_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
@@ -253,10 +257,22 @@ class ParallelConfig:
                              f"{self.tensor_parallel_size} and {self.pipeline_parallel_size}")
         if self.pipeline_parallel_size > 1:
             raise ValueError("pipeline_parallel_size > 1 is not supported yet")
+        if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, nnodes), got node_rank {self.node_rank} of {self.nnodes}")
+        if self.world_size % self.nnodes:
+            raise ValueError(f"the {self.world_size} ranks do not split evenly over {self.nnodes} nodes")
+        if self.nnodes > 1 and not self.master_port:
+            raise ValueError("several nodes need a rendezvous: master_port (and master_addr, node 0's address)")
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def local_ranks(self) -> range:
+        """The ranks this node runs."""
+        per_node = self.world_size // self.nnodes
+        return range(self.node_rank * per_node, (self.node_rank + 1) * per_node)
 
 
 @dataclass(frozen=True)
@@ -305,6 +321,10 @@ class EngineConfig:
         max_cpu_loras: int | None = None,
         tensor_parallel_size: int = ParallelConfig.tensor_parallel_size,
         pipeline_parallel_size: int = ParallelConfig.pipeline_parallel_size,
+        master_addr: str = ParallelConfig.master_addr,
+        master_port: int = ParallelConfig.master_port,
+        nnodes: int = ParallelConfig.nnodes,
+        node_rank: int = ParallelConfig.node_rank,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model; each `auto` is chosen for
         this machine (tokenmill/auto_mode.py) and logged."""
@@ -341,7 +361,7 @@ class EngineConfig:
                             max_loras if enable_lora else 0),
             speculative,
             LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None,
-            ParallelConfig(tensor_parallel_size, pipeline_parallel_size),
+            ParallelConfig(tensor_parallel_size, pipeline_parallel_size, master_addr, master_port, nnodes, node_rank),
         )
 
 

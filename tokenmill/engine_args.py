@@ -62,6 +62,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=ParallelConfig.tensor_parallel_size,
                         help="split the model over this many ranks (worker processes, torch.distributed)")
     parser.add_argument("-pp", "--pipeline-parallel-size", type=int, default=ParallelConfig.pipeline_parallel_size)
+    parser.add_argument("--nnodes", type=int, default=ParallelConfig.nnodes,
+                        help="hosts the ranks run on (each runs `tokenmill serve` with its --node-rank)")
+    parser.add_argument("--node-rank", type=int, default=ParallelConfig.node_rank,
+                        help="this host's place among --nnodes; 0 serves the API, the others run ranks only")
+    parser.add_argument("--master-addr", default=ParallelConfig.master_addr, help="node 0's address: the rendezvous")
+    parser.add_argument("--master-port", type=int, default=ParallelConfig.master_port,
+                        help="the rendezvous port (0: a free one, single host only)")
     parser.add_argument("--draft-layers", type=int, default=None,
                         help="speculate with a self-draft made of the model's first N layers (method draft)")
 
@@ -95,7 +102,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
         enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras, tensor_parallel_size=args.tensor_parallel_size,
-        pipeline_parallel_size=args.pipeline_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size, master_addr=args.master_addr,
+        master_port=args.master_port, nnodes=args.nnodes, node_rank=args.node_rank,
     )  # fmt: skip
 
 

@@ -32,6 +32,10 @@ from tokenmill.runner.model_runner import ModelRunner
 logger = logging.getLogger(__name__)
 
 
+class WorkerDiedError(RuntimeError):
+    """A tensor-parallel worker process is gone: the engine cannot run another step."""
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process reads on its standard input to join the engine."""
@@ -63,6 +67,9 @@ class Executor:
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         return self.runner.execute(sched)
 
+    def check_workers(self) -> None:
+        """Raises WorkerDiedError if a worker process has exited (one rank: none can)."""
+
     def shutdown(self) -> None:
         pass
 
@@ -71,12 +78,12 @@ class MultiprocExecutor(Executor):
     """Rank 0 of a tensor-parallel group, with a worker process for each other rank."""
 
     def __init__(self, config: EngineConfig) -> None:  # noqa: super().__init__ loads one whole model
-        parallel = config.parallel
+        parallel = self._parallel = config.parallel
         port = parallel.master_port or _free_port(parallel.master_addr)
         self._workers = [_start_worker(WorkerSpec(config, rank, parallel.master_addr, port))
-                         for rank in range(1, parallel.world_size)]  # fmt: skip
+                         for rank in parallel.local_ranks[1:]]  # the other nodes start their own  # fmt: skip
         self._stop = weakref.finalize(self, _stop_workers, self._workers)
-        torch.set_num_threads(threads_per_rank(parallel.world_size))  # the ranks share this machine's cores
+        torch.set_num_threads(threads_per_rank(len(parallel.local_ranks)))  # the ranks here share its cores
         try:
             self.ranks = RankGroup.connect(0, parallel.world_size, parallel.master_addr, port, config.model.device)
             self.loaded = load_model(config.model, TensorParallel(self.ranks))
@@ -91,20 +98,67 @@ class MultiprocExecutor(Executor):
         logger.info("tensor parallelism: %d ranks over %s", parallel.world_size, type(self.ranks.group).__name__)
 
     def call(self, method: str, *args: Any) -> Any:
-        self.ranks.broadcast_object(RunnerCall(method, args))
-        return super().call(method, *args)
+        self.check_workers()
+        try:
+            self.ranks.broadcast_object(RunnerCall(method, args))
+            return super().call(method, *args)
+        except RuntimeError as error:  # a collective failed: most likely a rank went away under it
+            dead = self._dead_worker(wait_s=2.0)
+            if dead is not None:
+                raise WorkerDiedError(dead) from error
+            raise
 
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         return self.call("execute", sched)
 
+    def check_workers(self) -> None:
+        dead = self._dead_worker()
+        if dead is not None:
+            raise WorkerDiedError(dead)
+
     def shutdown(self) -> None:
-        if self._stop.alive:
-            self.ranks.broadcast_object(RunnerCall(None))
-            self._stop()
+        """Tells the workers to stop (if they all still run), then waits for them or ends them."""
+        if not self._stop.alive:
+            return
+        if self._dead_worker() is None:
+            try:
+                self.ranks.broadcast_object(RunnerCall(None))
+            except RuntimeError:
+                pass  # one went away meanwhile: ended below
+        else:
+            for process in self._workers:
+                process.kill()
+        self._stop()
+
+    def _dead_worker(self, wait_s: float = 0.0) -> str | None:
+        """What ended the first worker found exited (waiting up to wait_s for each), or None."""
+        for rank, process in zip(self._parallel.local_ranks[1:], self._workers):
+            try:
+                code = process.wait(wait_s) if wait_s else process.poll()
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None:
+                return f"tensor-parallel worker {rank} (pid {process.pid}) exited with code {code}"
+        return None
 
 
-def threads_per_rank(world_size: int) -> int:
-    return max(1, (os.cpu_count() or 1) // world_size)
+def threads_per_rank(ranks_here: int) -> int:
+    return max(1, (os.cpu_count() or 1) // ranks_here)
+
+
+def run_node(config: EngineConfig) -> int:
+    """A node other than 0 of a multi-host engine: runs its ranks' workers until they end (rank 0
+    tells them to, or goes away); returns the first non-zero exit code, else 0."""
+    parallel = config.parallel
+    workers = [_start_worker(WorkerSpec(config, rank, parallel.master_addr, parallel.master_port))
+               for rank in parallel.local_ranks]  # fmt: skip
+    logger.info("node %d of %d: ranks %s, rendezvous %s:%d", parallel.node_rank, parallel.nnodes,
+                list(parallel.local_ranks), parallel.master_addr, parallel.master_port)
+    try:
+        codes = [process.wait() for process in workers]
+    finally:
+        _stop_workers(workers)
+    return next((code for code in codes if code), 0)
 
 
 def make_executor(config: EngineConfig) -> Executor:

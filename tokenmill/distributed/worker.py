@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def run(spec: WorkerSpec) -> None:
     config, parallel = spec.config, spec.config.parallel
-    torch.set_num_threads(threads_per_rank(parallel.world_size))
+    torch.set_num_threads(threads_per_rank(len(parallel.local_ranks)))
     ranks = RankGroup.connect(spec.rank, parallel.world_size, spec.master_addr, spec.master_port,
                               config.model.device)  # fmt: skip
     loaded = load_model(config.model, TensorParallel(ranks))

@@ -114,6 +114,7 @@ def _serve(engine: LLMEngine, inbox: multiprocessing.queues.Queue, outbox: multi
             pass
         if any(isinstance(m, Shutdown) for m in messages) or os.getppid() != parent:
             return  # asked to, or orphaned: the front end is gone
+        engine.check_workers()  # a dead worker ends the core, which the front end sees at once
         rejected = [r for m in messages if (r := _handle(engine, m)) is not None]
         outputs = engine.step() if engine.has_unfinished_requests() else []
         rejected += [RequestRejected(request_id, exc.param, str(exc)) for request_id, exc in engine.take_rejected()]

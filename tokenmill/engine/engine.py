@@ -294,6 +294,10 @@ class LLMEngine:
                     len(long_prompt), ladder)
         return seconds
 
+    def check_workers(self) -> None:
+        """Raises WorkerDiedError if a tensor-parallel worker has exited, even while no step runs."""
+        self.executor.check_workers()
+
     def shutdown(self) -> None:
         """Stops the other ranks' workers, if any (idempotent)."""
         self.executor.shutdown()

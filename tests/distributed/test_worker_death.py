@@ -1,0 +1,46 @@
+"""A tensor-parallel worker dies under a stream: the engine core notices (the failed collective,
+or its poll of the workers while idle) and exits, the front end fails what is in flight, answers
+503 from then on and /health turns unhealthy, instead of hanging; no worker is left behind."""
+
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.live_server import API_KEY, MODEL, start_server
+
+
+def tp_workers(server) -> list[psutil.Process]:
+    descendants = psutil.Process(server.process.pid).children(recursive=True)
+    return [p for p in descendants if "tokenmill.distributed.worker" in " ".join(p.cmdline())]
+
+
+def test_a_killed_worker_fails_the_stream_and_later_requests_get_503(tmp_path):
+    server = start_server(tmp_path, "--tensor-parallel-size", "3", "--dtype", "float32")
+    try:
+        workers = tp_workers(server)
+        assert len(workers) == 2
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        messages = [{"role": "user", "content": "Count to a thousand."}]
+        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2000, stream=True,
+                                                extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        for _ in range(2):  # the role, then the first token: the request is running on every rank
+            next(chunks)
+        workers[1].kill()
+        with pytest.raises(openai.APIError, match="engine core exited"):
+            for _ in chunks:
+                pass
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/health").status_code != 503:
+            assert time.monotonic() < deadline, "/health still says healthy"
+            time.sleep(0.1)
+        response = httpx.post(f"{server.url}/v1/completions", headers=server.headers(),
+                              json={"model": MODEL, "prompt": "Hello", "max_tokens": 2})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_dead"
+        psutil.wait_procs(workers, timeout=15)
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    finally:
+        server.stop()
