@@ -53,6 +53,23 @@ class RunningServer:
             assert time.monotonic() < deadline, f"server not idle: {self.metrics()}"
             time.sleep(0.1)
 
+    def assert_engine_dead(self, chunks) -> None:
+        """The engine died under a stream: the stream fails, /health turns unhealthy within
+        seconds, and a new request gets 503 engine_dead."""
+        import openai
+        import pytest
+
+        with pytest.raises(openai.APIError, match="engine core exited"):
+            for _ in chunks:
+                pass
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{self.url}/health").status_code != 503:
+            assert time.monotonic() < deadline, "/health still says healthy"
+            time.sleep(0.1)
+        response = httpx.post(f"{self.url}/v1/completions", headers=self.headers(),
+                              json={"model": MODEL, "prompt": "Hello", "max_tokens": 2})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_dead"
+
     def terminate(self) -> None:
         """SIGTERM, once: a second one would make uvicorn skip the drain."""
         if not self.terminated:

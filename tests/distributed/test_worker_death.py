@@ -2,12 +2,8 @@
 or its poll of the workers while idle) and exits, the front end fails what is in flight, answers
 503 from then on and /health turns unhealthy, instead of hanging; no worker is left behind."""
 
-import time
-
-import httpx
 import openai
 import psutil
-import pytest
 
 from tests.live_server import API_KEY, MODEL, start_server
 
@@ -30,16 +26,7 @@ def test_a_killed_worker_fails_the_stream_and_later_requests_get_503(tmp_path):
         for _ in range(2):  # the role, then the first token: the request is running on every rank
             next(chunks)
         workers[1].kill()
-        with pytest.raises(openai.APIError, match="engine core exited"):
-            for _ in chunks:
-                pass
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{server.url}/health").status_code != 503:
-            assert time.monotonic() < deadline, "/health still says healthy"
-            time.sleep(0.1)
-        response = httpx.post(f"{server.url}/v1/completions", headers=server.headers(),
-                              json={"model": MODEL, "prompt": "Hello", "max_tokens": 2})
-        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_dead"
+        server.assert_engine_dead(chunks)
         psutil.wait_procs(workers, timeout=15)
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     finally:

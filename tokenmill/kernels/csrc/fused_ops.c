@@ -9,6 +9,7 @@
 #endif
 
 #include "fast_exp.h"
+#include "vectors.h"
 
 #define MIN_PARALLEL_ELEMENTS 65536
 
@@ -74,19 +75,11 @@ void silu_and_mul_f32(const float *gate_up, float *out, int64_t rows, int64_t si
  * are float32, or bfloat16 (dtype bfloat16 on the CPU), widened to float32 in registers: a
  * bfloat16 is a float32's upper half. */
 
-typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 #define W_ROWS 4
 #define ROWS 6 /* 6 x 4 accumulators, 4 weight vectors and one of x: 29 of 32 vector registers */
 #define PREFETCH_BYTES 4096 /* ahead of the weight stream: the hardware prefetcher lags it */
-#define INLINE static inline __attribute__((always_inline))
-
-INLINE f32x16 load16(const float *p) {
-    f32x16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 /* 16 weights from element i of w, float32 or bfloat16 ones, as float32. */
 INLINE f32x16 load_weights(const void *w, int64_t i, int bf16) {
@@ -97,18 +90,6 @@ INLINE f32x16 load_weights(const void *w, int64_t i, int bf16) {
     f32x16 v;
     memcpy(&v, &bits, sizeof v);
     return v;
-}
-
-INLINE float lane_sum(f32x16 v) {
-#ifdef __AVX512F__
-    __m512 m;
-    memcpy(&m, &v, sizeof m);
-    return _mm512_reduce_add_ps(m);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < 16; i++) sum += v[i];
-    return sum;
-#endif
 }
 
 /* Rows m0..m0+R of y at outputs n0..n0+W_ROWS. */

@@ -10,37 +10,10 @@
  * `num_shards` shards; shard i owns the output columns [shard_bounds[i], shard_bounds[i + 1]) and
  * the rank rows [i * max_rank, (i + 1) * max_rank): the expansion skips the zeros between them.
  * Ranks below max_rank are zero-padded. */
-#include <stdint.h>
-#include <string.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "vectors.h"
 
 #define MAX_TILE 16
 #define COLUMNS 64 /* the expansion's block of y: 4 vectors for each of 2 tokens stay in registers */
-#define INLINE static inline __attribute__((always_inline))
-
-typedef float f32x16 __attribute__((vector_size(64)));
-
-INLINE f32x16 load16(const float *p) {
-    f32x16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-INLINE void store16(float *p, f32x16 v) { memcpy(p, &v, sizeof v); }
-
-INLINE float lane_sum(f32x16 v) {
-#ifdef __AVX512F__
-    __m512 m;
-    memcpy(&m, &v, sizeof m);
-    return _mm512_reduce_add_ps(m);
-#else
-    float sum = 0.0f;
-    for (int i = 0; i < 16; i++) sum += v[i];
-    return sum;
-#endif
-}
 
 static inline float dot(const float *a, const float *b, int64_t n) {
     float sum = 0.0f;

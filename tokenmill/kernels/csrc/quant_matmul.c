@@ -30,6 +30,7 @@
 #endif
 #include <stdlib.h>
 #include <string.h>
+#include "vectors.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define INTEGER_PATH 1
@@ -39,7 +40,6 @@
 /* Groups up to this many channels: 15 x 32767 x 4369 would overflow the int32 sums. */
 #define INTEGER_PATH_MAX_GROUP 4096
 
-typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef int8_t i8x16 __attribute__((vector_size(16)));
 
@@ -57,17 +57,10 @@ typedef struct {
     int64_t ldx, M, K, n_pad, group, groups;
 } Problem;
 
-#define INLINE static inline __attribute__((always_inline))
 
 /* Input channels per step and bytes per tile and step (see the layout above). */
 INLINE int64_t step_channels(int bits) { return bits == 8 ? 2 : 8; }
 INLINE int64_t tile_bytes(int bits) { return bits == 8 ? 32 : 64; }
-
-INLINE f32x16 load16(const float *p) {
-    f32x16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 /* a * b + c as one instruction: the build's -fassociative-math would otherwise regroup a pair of
  * multiply-adds into a multiply, a multiply-add and an add. */
