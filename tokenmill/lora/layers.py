@@ -4,23 +4,32 @@ Each adapter resident in a slot has its A and B^T in the layer's stacked buffers
 are grouped by slot (tokens without an adapter in none); each group takes its adapter's
 shrink-then-expand, (x A^T) B^T, added to the base product: an adapter's matrices are read
 once per step whatever its number of tokens, as Punica's SGMV does. On the CPU in float32 that
-is one C call per layer (kernels/lora.py), which a captured decode step records and replays;
-elsewhere the PyTorch loop below, which is also the kernel's reference.
+is one C call per layer (kernels/lora.py), which a captured decode step records and replays; on
+CUDA two Triton launches (kernels/triton_lora.py); elsewhere the PyTorch loop below, which is
+also the kernels' reference.
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from tokenmill.kernels.lora import LoRAKernel
 from tokenmill.lora.adapter import LayerDelta
 
 # A step of up to this many rows reads its rows' slots from one buffer that never moves, so that a
 # captured decode step (at most runner/step_graph.py's MAX_ROWS rows) replays with the next step's slots.
 STATIC_ROWS = 256
+
+
+class DeltaKernel(Protocol):
+    def add_delta(self, x: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor, lora_a: torch.Tensor,
+                  lora_bt: torch.Tensor, shard_bounds: torch.Tensor, max_rank: int) -> bool:
+        """y[t] += (x[t] @ lora_a[s].T) @ lora_bt[s] for each row t whose slot s is not -1, in place;
+        False (nothing done) where the kernel does not take the tensors."""
+        ...
 
 
 class LoRAStep:
@@ -52,7 +61,7 @@ class LoRAStep:
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Module, max_loras: int, max_rank: int, step: LoRAStep, kernel: LoRAKernel | None,
+    def __init__(self, base: nn.Module, max_loras: int, max_rank: int, step: LoRAStep, kernel: DeltaKernel | None,
                  device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
         super().__init__()
         self.base, self.step, self.kernel, self.max_rank = base, step, kernel, max_rank

@@ -5,6 +5,7 @@ slot for each row."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch import nn
 from tokenmill.config import LoRAConfig
 from tokenmill.kernels.lora import LoRAKernel
 from tokenmill.lora.adapter import AdapterError, LoRAAdapter, load_adapter
-from tokenmill.lora.layers import LoRALinear, LoRAStep
+from tokenmill.lora.layers import DeltaKernel, LoRALinear, LoRAStep
 from tokenmill.lora.request import LoRARequest
 
 # tokenmill's names for the layers an adapter may target (q/k/v and gate/up fused)
@@ -26,8 +27,7 @@ class LoRAManager:
         max_loras, max_rank = config.max_loras, config.max_lora_rank
         self.model, self.max_rank, self.max_host = model, max_rank, config.host_adapters
         self.step = LoRAStep(device)
-        # the C kernel serves float32 on the CPU; elsewhere the layers' PyTorch path runs
-        kernel = LoRAKernel.load() if device.type == "cpu" and dtype == torch.float32 else None
+        kernel = _delta_kernel(device, dtype)
         self.layers: dict[str, LoRALinear] = {}
         for name, module in list(model.named_modules()):
             if name.rpartition(".")[2] in LORA_LAYERS:
@@ -105,3 +105,15 @@ class LoRAManager:
         self._recent[lora_id] = None
         self.num_loads += 1
         self._trim(keep=lora_id)
+
+
+def _delta_kernel(device: torch.device, dtype: torch.dtype) -> DeltaKernel | None:
+    """The C kernel for float32 on the CPU, the Triton one on CUDA where Triton is installed;
+    elsewhere (None) the layers' PyTorch path runs."""
+    if device.type == "cpu":
+        return LoRAKernel.load() if dtype == torch.float32 else None
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        from tokenmill.kernels.triton_lora import TritonLoRAKernel  # triton is optional: imported here
+
+        return TritonLoRAKernel()
+    return None
