@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime
 import math
 import pickle
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -58,12 +59,28 @@ class RankGroup:
 SINGLE = RankGroup(0, 1, None)
 
 
+@dataclass
+class CommStats:
+    """What this rank's collectives moved and how long it waited on them (which includes waiting
+    for slower ranks to arrive): the benchmark's split of a step into compute and communication."""
+
+    calls: int = 0
+    bytes: int = 0  # this rank's payload: each all-reduce's tensor, each all-gather's part
+    seconds: float = 0.0
+
+    def add(self, tensor: torch.Tensor, start: float) -> None:
+        self.calls += 1
+        self.bytes += tensor.numel() * tensor.element_size()
+        self.seconds += time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class TensorParallel:
     """One rank's share of every split matrix: query heads, KV heads (replicated where there are
     fewer than ranks, as vLLM does), MLP columns and vocabulary rows split evenly."""
 
     ranks: RankGroup = SINGLE
+    stats: CommStats = field(default_factory=CommStats, compare=False)
 
     @property
     def rank(self) -> int:
@@ -98,14 +115,18 @@ class TensorParallel:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum of every rank's x, in place."""
         if self.ranks.group is not None:
+            start = time.perf_counter()
             self.ranks.group.allreduce([x]).wait()
+            self.stats.add(x, start)
         return x
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's x side by side along the last dimension, rank 0's first."""
         if self.ranks.group is None:
             return x
+        start = time.perf_counter()
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(self.size)]
         self.ranks.group.allgather([parts], [x]).wait()
+        self.stats.add(x, start)
         return torch.cat(parts, dim=-1)
