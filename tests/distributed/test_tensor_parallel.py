@@ -7,6 +7,7 @@ import gc
 
 import psutil
 import pytest
+import torch
 
 from tests.model.test_logits_match_transformers import PROMPTS
 from tokenmill import LLM, SamplingParams
@@ -23,10 +24,10 @@ def workers() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "tokenmill.distributed.worker" in " ".join(p.cmdline())]
 
 
-def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str]) -> list[list[int]]:
+def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], **options) -> list[list[int]]:
     """The outputs of an engine split over ranks, chunked prefill forced by a small token budget;
     its workers are gone once it shuts down."""
-    llm = LLM(model, tensor_parallel_size=tensor_parallel_size, max_num_batched_tokens=32, **OPTIONS)
+    llm = LLM(model, tensor_parallel_size=tensor_parallel_size, max_num_batched_tokens=32, **{**OPTIONS, **options})
     try:
         assert len(workers()) == tensor_parallel_size - 1
         assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
@@ -59,3 +60,14 @@ def test_two_ranks_replicate_a_single_kv_head(one_kv_head_model):
 def test_sizes_the_heads_do_not_allow_are_refused():
     with pytest.raises(ValueError, match="tensor_parallel_size 2 does not divide the model's 9 attention heads"):
         LLM(tensor_parallel_size=2, **OPTIONS)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 3, reason="needs 3 GPUs: the same split over NCCL")
+def test_three_gpus_over_nccl_give_one_gpus_greedy_tokens():
+    single = LLM(device="cuda", **OPTIONS)
+    try:
+        expected = outputs(single, PROMPTS)
+    finally:
+        del single
+        gc.collect()
+    assert run_split(None, 3, PROMPTS, device="cuda") == expected

@@ -11,6 +11,7 @@ so each rank's copy of the batch stays the same. Rank 0's result is the engine's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -57,8 +58,8 @@ class RunnerCall:
 class Executor:
     """One rank: the runner in this process."""
 
-    def __init__(self, config: EngineConfig) -> None:
-        self.loaded = load_model(config.model)
+    def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel()) -> None:
+        self.loaded = load_model(config.model, tp)
         self.runner = ModelRunner(self.loaded, config.model, config.cache, config.lora)
 
     def call(self, method: str, *args: Any) -> Any:
@@ -77,7 +78,7 @@ class Executor:
 class MultiprocExecutor(Executor):
     """Rank 0 of a tensor-parallel group, with a worker process for each other rank."""
 
-    def __init__(self, config: EngineConfig) -> None:  # noqa: super().__init__ loads one whole model
+    def __init__(self, config: EngineConfig) -> None:
         parallel = self._parallel = config.parallel
         port = parallel.master_port or _free_port(parallel.master_addr)
         self._workers = [_start_worker(WorkerSpec(config, rank, parallel.master_addr, port))
@@ -85,9 +86,9 @@ class MultiprocExecutor(Executor):
         self._stop = weakref.finalize(self, _stop_workers, self._workers)
         torch.set_num_threads(threads_per_rank(len(parallel.local_ranks)))  # the ranks here share its cores
         try:
+            config = for_rank(config, 0)
             self.ranks = RankGroup.connect(0, parallel.world_size, parallel.master_addr, port, config.model.device)
-            self.loaded = load_model(config.model, TensorParallel(self.ranks))
-            self.runner = ModelRunner(self.loaded, config.model, config.cache, config.lora)
+            super().__init__(config, TensorParallel(self.ranks))
             # the pool's size is rank 0's: a budget from free memory may differ between processes
             self.ranks.broadcast_object(RunnerCall("__init__", (self.runner.num_blocks,)))
         except BaseException:
@@ -140,6 +141,16 @@ class MultiprocExecutor(Executor):
             if code is not None:
                 return f"tensor-parallel worker {rank} (pid {process.pid}) exited with code {code}"
         return None
+
+
+def for_rank(config: EngineConfig, rank: int) -> EngineConfig:
+    """A rank's config: on CUDA each rank of a host has its own device (rank r on the host's GPU
+    r mod ranks-per-host), made current for NCCL; on the CPU the config as it is."""
+    if config.model.device.type != "cuda":
+        return config
+    device = torch.device("cuda", rank % len(config.parallel.local_ranks))
+    torch.cuda.set_device(device)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, device=device))
 
 
 def threads_per_rank(ranks_here: int) -> int:

@@ -1,8 +1,9 @@
 """The ranks of one engine and what they say to each other, over torch.distributed.
 
 A `RankGroup` is a process group of its own (a TCPStore rendezvous, then gloo on CPUs or NCCL on
-GPUs), made without touching torch.distributed's default group, so an engine never collides with
-one its host process set up (under torchrun, say). Tensor parallelism reads the group as a
+GPUs, with a gloo group beside it for the CPU-side calls), made without touching
+torch.distributed's default group, so an engine never collides with one its host process set up
+(under torchrun, say). Tensor parallelism reads the group as a
 `TensorParallel`: which heads, rows and columns this rank holds, and the all-reduce and
 all-gather that join the partial results. Rank 0 also sends every rank the engine's calls
 (`broadcast_object`): the same calls on the same data keep every rank's state alike.
@@ -26,21 +27,21 @@ CONNECT_TIMEOUT = datetime.timedelta(minutes=5)  # workers load the model before
 class RankGroup:
     rank: int
     size: int
-    group: dist.ProcessGroup | None  # None: one rank, nothing to say
+    group: dist.ProcessGroup | None  # the tensors' collectives; None: one rank, nothing to say
+    control: dist.ProcessGroup | None = None  # pickled calls, on the CPU: gloo (the same group off CUDA)
 
     @classmethod
     def connect(cls, rank: int, size: int, master_addr: str, master_port: int, device: torch.device) -> RankGroup:
         """Joins the rendezvous at master_addr:master_port (rank 0 hosts it); returns once every rank has."""
         store = dist.TCPStore(master_addr, master_port, size, is_master=rank == 0, timeout=CONNECT_TIMEOUT)
-        if device.type == "cuda":
-            group = dist.ProcessGroupNCCL(store, rank, size)
-        else:
-            group = dist.ProcessGroupGloo(store, rank, size, CONNECT_TIMEOUT)
-        return cls(rank, size, group)
+        control = dist.ProcessGroupGloo(dist.PrefixStore("control", store), rank, size, CONNECT_TIMEOUT)
+        if device.type != "cuda":
+            return cls(rank, size, control, control)
+        return cls(rank, size, dist.ProcessGroupNCCL(dist.PrefixStore("tensors", store), rank, size), control)
 
     def broadcast_object(self, obj: object = None) -> object:
         """Rank 0's obj, on every rank (pickled; the others pass nothing)."""
-        if self.group is None:
+        if self.control is None:
             return obj
         data = pickle.dumps(obj) if self.rank == 0 else b""
         size = torch.tensor([len(data)], dtype=torch.int64)
@@ -53,7 +54,7 @@ class RankGroup:
     def _broadcast(self, tensor: torch.Tensor) -> None:
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        self.group.broadcast([tensor], options).wait()
+        self.control.broadcast([tensor], options).wait()
 
 
 SINGLE = RankGroup(0, 1, None)

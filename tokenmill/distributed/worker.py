@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from tokenmill.distributed.executor import RunnerCall, WorkerSpec, threads_per_rank
+from tokenmill.distributed.executor import RunnerCall, WorkerSpec, for_rank, threads_per_rank
 from tokenmill.distributed.group import RankGroup, TensorParallel
 from tokenmill.log import configure_logging
 from tokenmill.model.loader import load_model
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def run(spec: WorkerSpec) -> None:
-    config, parallel = spec.config, spec.config.parallel
+    config, parallel = for_rank(spec.config, spec.rank), spec.config.parallel
     torch.set_num_threads(threads_per_rank(len(parallel.local_ranks)))
     ranks = RankGroup.connect(spec.rank, parallel.world_size, spec.master_addr, spec.master_port,
                               config.model.device)  # fmt: skip
