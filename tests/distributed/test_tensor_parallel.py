@@ -24,15 +24,18 @@ def workers() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "tokenmill.distributed.worker" in " ".join(p.cmdline())]
 
 
-def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], **options) -> list[list[int]]:
-    """The outputs of an engine split over ranks, chunked prefill forced by a small token budget;
-    its workers are gone once it shuts down."""
+def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], inspect=None,
+              **options) -> list[list[int]]:  # fmt: skip
+    """The outputs of an engine split over ranks, chunked prefill forced by a small token budget
+    (inspect(llm) looks at the engine after the run); its workers are gone once it shuts down."""
     llm = LLM(model, tensor_parallel_size=tensor_parallel_size, max_num_batched_tokens=32, **{**OPTIONS, **options})
     try:
         assert len(workers()) == tensor_parallel_size - 1
         assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
         got = outputs(llm, prompts)
         assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
+        if inspect is not None:
+            inspect(llm)
         return got
     finally:
         llm.engine.shutdown()
@@ -71,3 +74,17 @@ def test_three_gpus_over_nccl_give_one_gpus_greedy_tokens():
         del single
         gc.collect()
     assert run_split(None, 3, PROMPTS, device="cuda") == expected
+
+
+@pytest.mark.parametrize("method", [{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2},
+                                    {"method": "draft", "draft_layers": 6, "num_speculative_tokens": 2}])
+def test_speculative_decoding_under_three_ranks_keeps_one_process_greedy_tokens(make_llm, method):
+    """Every rank proposes from the same tokens (a draft model whole on each), and verification
+    reads the gathered logits: greedy output is plain decoding's."""
+    def speculated(llm):
+        stats = llm.engine.stats()
+        assert stats.spec_draft_tokens > 0 and stats.spec_accepted_tokens > 0
+
+    repetitive = ["1, 2, 3, 1, 2, 3, 1, 2, 3, 1,", "red green blue red green blue red"]  # n-grams to look up
+    expected = outputs(make_llm(), repetitive)
+    assert run_split(None, 3, repetitive, inspect=speculated, speculative_config=method) == expected
