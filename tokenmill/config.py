@@ -287,8 +287,6 @@ class EngineConfig:
     parallel: ParallelConfig = ParallelConfig()
 
     def __post_init__(self) -> None:
-        if self.parallel.world_size > 1 and self.lora is not None:
-            raise ValueError("LoRA is not supported yet with tensor_parallel_size > 1")
         needed = 0 if self.speculative is None else self.speculative.num_lookahead_tokens
         if self.scheduler.num_lookahead_tokens < needed:
             raise ValueError(f"speculative method {self.speculative.method!r} writes {needed} tokens' KV ahead: "

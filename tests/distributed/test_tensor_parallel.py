@@ -88,3 +88,33 @@ def test_speculative_decoding_under_three_ranks_keeps_one_process_greedy_tokens(
     repetitive = ["1, 2, 3, 1, 2, 3, 1, 2, 3, 1,", "red green blue red green blue red"]  # n-grams to look up
     expected = outputs(make_llm(), repetitive)
     assert run_split(None, 3, repetitive, inspect=speculated, speculative_config=method) == expected
+
+
+def test_lora_under_three_ranks_keeps_one_process_greedy_tokens(gguf_path, tmp_path):
+    """Each rank holds its part of every adapter (B's rows of a column-parallel layer, A's input
+    columns of a row-parallel one, whose partial delta joins its all-reduce): a batch mixing an
+    adapter (on every target layer) and the base model gives one process's tokens."""
+    from tests.lora.adapters import TARGETS, make_adapter
+    from tokenmill.lora.request import LoRARequest
+
+    make_adapter(gguf_path, tmp_path / "adapter", seed=5, rank=8, targets=TARGETS)
+    adapter = LoRARequest("adapter", 1, tmp_path / "adapter")
+    mix = [adapter, None] * 3
+    options = dict(enable_lora=True, max_loras=2, max_lora_rank=8)
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    single = LLM(**OPTIONS, **options)
+    try:
+        expected = [o.outputs[0].token_ids for o in single.generate(PROMPTS, params, lora_request=mix, use_tqdm=False)]
+        base = [o.outputs[0].token_ids for o in single.generate(PROMPTS, params, use_tqdm=False)]
+    finally:
+        del single
+        gc.collect()
+    assert expected[0::2] != base[0::2]  # the adapter changes what the model says
+    split = LLM(tensor_parallel_size=3, **OPTIONS, **options)
+    try:
+        got = [o.outputs[0].token_ids for o in split.generate(PROMPTS, params, lora_request=mix, use_tqdm=False)]
+    finally:
+        split.engine.shutdown()
+        del split
+        gc.collect()
+    assert got == expected

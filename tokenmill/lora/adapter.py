@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tokenmill.model.layers import shard_rows
+from tokenmill.model.parallel_layers import RowParallelLinear, ShardedMergedLinear
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<parent>.+)\.(?P<module>\w+)\.lora_(?P<which>[AB])\.weight$")
@@ -84,7 +85,7 @@ def _fused(model: nn.Module, name: str, shards: dict[str, tuple[torch.Tensor, to
         key = shard if shard is not None else name.rpartition(".")[2]
         if key not in shards:
             continue  # this shard is not a target: its delta is zero
-        shard_a, shard_b = shards[key]
+        shard_a, shard_b = _rank_part(getattr(layer, "base", layer), shard, *shards[key])
         first, rows = (0, layer.out_features) if shard is None else shard_rows(layer, shard)
         if shard_a.shape != (rank, layer.in_features) or shard_b.shape != (rows, rank):
             raise AdapterError(f"{name} {key}: lora_A {tuple(shard_a.shape)} and lora_B {tuple(shard_b.shape)} do "
@@ -92,3 +93,14 @@ def _fused(model: nn.Module, name: str, shards: dict[str, tuple[torch.Tensor, to
         a[i * rank : (i + 1) * rank] = shard_a
         b[first : first + rows, i * rank : (i + 1) * rank] = shard_b
     return LayerDelta(a, b)
+
+
+def _rank_part(layer: nn.Module, shard: str | None, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A and B as one tensor-parallel rank holds them (as they are, with one rank): a
+    column-parallel layer's rank holds its rows of B; a row-parallel one's, its input columns of A,
+    and its partial delta joins the base product's sum over ranks."""
+    if isinstance(layer, ShardedMergedLinear) and shard is not None and b.shape[0] == layer.sources[shard][0]:
+        return a, layer.output_part(b, shard)
+    if isinstance(layer, RowParallelLinear) and a.shape[1] == layer.in_features * layer.tp.size:
+        return layer.input_part(a), b
+    return a, b

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tokenmill.lora.adapter import LayerDelta
+from tokenmill.model.parallel_layers import RowParallelLinear
 
 # A step of up to this many rows reads its rows' slots from one buffer that never moves, so that a
 # captured decode step (at most runner/step_graph.py's MAX_ROWS rows) replays with the next step's slots.
@@ -91,14 +92,15 @@ class LoRALinear(nn.Module):
             self.lora_bt[slot, at : at + rank] = delta.b[:, cols].T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         slots = self.step.slots
         if slots is None:
-            return y
-        if self.kernel is not None and x.dim() == 2 and self.kernel.add_delta(
+            return self.base(x)
+        # a row-parallel layer's delta is partial like its product: both join its one sum over ranks
+        row_parallel = isinstance(self.base, RowParallelLinear)
+        y = self.base.partial(x) if row_parallel else self.base(x)
+        if self.kernel is None or x.dim() != 2 or not self.kernel.add_delta(
                 x, y, slots, self.lora_a, self.lora_bt, self.shard_bounds, self.max_rank):  # fmt: skip
-            return y
-        for slot, rows in self.step.rows().items():
-            part = x.index_select(0, rows)
-            y = y.index_add(0, rows, (part @ self.lora_a[slot].T) @ self.lora_bt[slot])
-        return y
+            for slot, rows in self.step.rows().items():
+                part = x.index_select(0, rows)
+                y = y.index_add(0, rows, (part @ self.lora_a[slot].T) @ self.lora_bt[slot])
+        return self.base.tp.all_reduce(y) if row_parallel else y

@@ -36,10 +36,14 @@ class ShardedMergedLinear(MergedLinear):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
         if shard_id is not None:
-            full_rows, first = self.sources[shard_id]
+            full_rows, _ = self.sources[shard_id]
             check_shape(torch.Size([full_rows, *param.shape[1:]]), loaded, f"shard {shard_id!r}")
-            loaded = loaded.narrow(0, first, self.shard_rows(shard_id)[1])
+            loaded = self.output_part(loaded, shard_id)
         super().weight_loader(param, loaded, shard_id)
+
+    def output_part(self, loaded: torch.Tensor, shard_id: str) -> torch.Tensor:
+        """This rank's rows of a shard's checkpoint matrix (all of its rows, with one rank)."""
+        return loaded.narrow(0, self.sources[shard_id][1], self.shard_rows(shard_id)[1])
 
 
 class RowParallelLinear(Linear):
@@ -53,12 +57,20 @@ class RowParallelLinear(Linear):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         check_shape(torch.Size([self.out_features, self.in_features * self.tp.size]), loaded, "tensor")
-        part = loaded.narrow(1, self.first_column, self.in_features)
+        part = self.input_part(loaded)
         check_shape(param.data, part, "tensor")
         param.data.copy_(part)
 
+    def partial(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the product, before the sum over ranks (where LoRA adds its own)."""
+        return super().forward(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(super().forward(x))
+        return self.tp.all_reduce(self.partial(x))
+
+    def input_part(self, loaded: torch.Tensor) -> torch.Tensor:
+        """This rank's input columns of a [rows, in_features * ranks] checkpoint matrix."""
+        return loaded.narrow(1, self.first_column, self.in_features)
 
 
 class VocabParallelEmbedding(nn.Embedding):
