@@ -24,7 +24,7 @@ def workers() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "tokenmill.distributed.worker" in " ".join(p.cmdline())]
 
 
-def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], inspect=None,
+def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], inspect=None, max_tokens: int = 24,
               **options) -> list[list[int]]:  # fmt: skip
     """The outputs of an engine split over ranks, chunked prefill forced by a small token budget
     (inspect(llm) looks at the engine after the run); its workers are gone once it shuts down."""
@@ -32,7 +32,7 @@ def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], 
     try:
         assert len(workers()) == tensor_parallel_size - 1
         assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
-        got = outputs(llm, prompts)
+        got = outputs(llm, prompts, max_tokens)
         assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
         if inspect is not None:
             inspect(llm)
@@ -118,3 +118,13 @@ def test_lora_under_three_ranks_keeps_one_process_greedy_tokens(gguf_path, tmp_p
         del split
         gc.collect()
     assert got == expected
+
+
+def test_preemption_under_three_ranks_keeps_one_process_greedy_tokens(make_llm):
+    """A pool too small for the batch: sequences are preempted and recomputed on every rank alike."""
+
+    def preempted(llm):
+        assert llm.engine.scheduler.num_preemptions > 0
+
+    expected = outputs(make_llm(), PROMPTS, max_tokens=40)
+    assert run_split(None, 3, PROMPTS, inspect=preempted, max_tokens=40, kv_cache_memory=4 * 2**20) == expected
