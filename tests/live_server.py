@@ -53,6 +53,20 @@ class RunningServer:
             assert time.monotonic() < deadline, f"server not idle: {self.metrics()}"
             time.sleep(0.1)
 
+    def running_stream(self):
+        """A long streamed chat completion, returned once its first token came (the request is
+        running in the engine): the rest of its chunks."""
+        import openai
+
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0)
+        messages = [{"role": "user", "content": "Count to a thousand."}]
+        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2000, stream=True,
+                                                extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        for _ in range(2):  # the role, then the first token
+            next(chunks)
+        return chunks
+
     def assert_engine_dead(self, chunks) -> None:
         """The engine died under a stream: the stream fails, /health turns unhealthy within
         seconds, and a new request gets 503 engine_dead."""

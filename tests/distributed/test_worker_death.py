@@ -2,10 +2,9 @@
 or its poll of the workers while idle) and exits, the front end fails what is in flight, answers
 503 from then on and /health turns unhealthy, instead of hanging; no worker is left behind."""
 
-import openai
 import psutil
 
-from tests.live_server import API_KEY, MODEL, start_server
+from tests.live_server import start_server
 
 
 def tp_workers(server) -> list[psutil.Process]:
@@ -18,13 +17,7 @@ def test_a_killed_worker_fails_the_stream_and_later_requests_get_503(tmp_path):
     try:
         workers = tp_workers(server)
         assert len(workers) == 2
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-        messages = [{"role": "user", "content": "Count to a thousand."}]
-        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2000, stream=True,
-                                                extra_body={"ignore_eos": True})
-        chunks = iter(stream)
-        for _ in range(2):  # the role, then the first token: the request is running on every rank
-            next(chunks)
+        chunks = server.running_stream()
         workers[1].kill()
         server.assert_engine_dead(chunks)
         psutil.wait_procs(workers, timeout=15)

@@ -66,6 +66,8 @@ class LoRALinear(nn.Module):
                  device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
         super().__init__()
         self.base, self.step, self.kernel, self.max_rank = base, step, kernel, max_rank
+        # a row-parallel layer's delta is partial like its product: both join its one sum over ranks
+        self.row_parallel = isinstance(base, RowParallelLinear)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.shard_ids = getattr(base, "shard_ids", None)
         self.output_sizes = getattr(base, "output_sizes", None)
@@ -95,12 +97,10 @@ class LoRALinear(nn.Module):
         slots = self.step.slots
         if slots is None:
             return self.base(x)
-        # a row-parallel layer's delta is partial like its product: both join its one sum over ranks
-        row_parallel = isinstance(self.base, RowParallelLinear)
-        y = self.base.partial(x) if row_parallel else self.base(x)
+        y = self.base.partial(x) if self.row_parallel else self.base(x)
         if self.kernel is None or x.dim() != 2 or not self.kernel.add_delta(
                 x, y, slots, self.lora_a, self.lora_bt, self.shard_bounds, self.max_rank):  # fmt: skip
             for slot, rows in self.step.rows().items():
                 part = x.index_select(0, rows)
                 y = y.index_add(0, rows, (part @ self.lora_a[slot].T) @ self.lora_bt[slot])
-        return self.base.tp.all_reduce(y) if row_parallel else y
+        return self.base.tp.all_reduce(y) if self.row_parallel else y
