@@ -255,8 +255,6 @@ class ParallelConfig:
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size and pipeline_parallel_size must be >= 1, got "
                              f"{self.tensor_parallel_size} and {self.pipeline_parallel_size}")
-        if self.pipeline_parallel_size > 1:
-            raise ValueError("pipeline_parallel_size > 1 is not supported yet")
         if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
             raise ValueError(f"node_rank must be in [0, nnodes), got node_rank {self.node_rank} of {self.nnodes}")
         if self.world_size % self.nnodes:
@@ -291,6 +289,8 @@ class EngineConfig:
         if self.scheduler.num_lookahead_tokens < needed:
             raise ValueError(f"speculative method {self.speculative.method!r} writes {needed} tokens' KV ahead: "
                              f"the scheduler must keep num_lookahead_tokens >= {needed}")
+        if self.parallel.pipeline_parallel_size > 1 and (self.speculative is not None or self.lora is not None):
+            raise ValueError("speculative decoding and LoRA adapters do not run with pipeline_parallel_size > 1 yet")
 
     @classmethod
     def create(

@@ -5,45 +5,12 @@ weights: no such model is here) replicates them and matches its one-process run.
 
 import gc
 
-import psutil
 import pytest
 import torch
 
+from tests.distributed.split import OPTIONS, outputs, run_split
 from tests.model.test_logits_match_transformers import PROMPTS
 from tokenmill import LLM, SamplingParams
-
-OPTIONS = dict(dtype="float32", quantization="none", kv_cache_memory=64 * 2**20)
-
-
-def outputs(llm: LLM, prompts: list[str], max_tokens: int = 24) -> list[list[int]]:
-    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-    return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-
-
-def workers() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "tokenmill.distributed.worker" in " ".join(p.cmdline())]
-
-
-def run_split(model: str | None, tensor_parallel_size: int, prompts: list[str], inspect=None, max_tokens: int = 24,
-              **options) -> list[list[int]]:  # fmt: skip
-    """The outputs of an engine split over ranks, chunked prefill forced by a small token budget
-    (inspect(llm) looks at the engine after the run); its workers are gone once it shuts down."""
-    llm = LLM(model, tensor_parallel_size=tensor_parallel_size, max_num_batched_tokens=32, **{**OPTIONS, **options})
-    try:
-        assert len(workers()) == tensor_parallel_size - 1
-        assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
-        got = outputs(llm, prompts, max_tokens)
-        assert llm.engine.kv_manager.num_free_blocks == llm.engine.kv_manager.num_blocks
-        if inspect is not None:
-            inspect(llm)
-        return got
-    finally:
-        llm.engine.shutdown()
-        del llm
-        gc.collect()
-        psutil.wait_procs(workers(), timeout=10)
-        assert not workers()
-
 
 def test_three_ranks_give_one_process_greedy_tokens(make_llm):
     expected = outputs(make_llm(), PROMPTS)

@@ -1,12 +1,18 @@
 """Executors: how the engine core reaches the model runner of every rank.
 
-With one rank the runner lives in the engine's process and a call is a call. With tensor
-parallelism the engine's process is rank 0 and starts a worker process for each other rank
+With one rank the runner lives in the engine's process and a call is a call. Split over ranks,
+the engine's process is rank 0 and starts a worker process for each other rank
 (`python -m tokenmill.distributed.worker`); every rank loads its part of the model, and rank 0
-broadcasts each call (a `SchedulerOutput` to execute, mostly) over the ranks' own process group
-before making it itself. The runners' collectives inside the call (all-reduces, the logits'
-all-gather) then line up, and every rank samples the same tokens from the same gathered logits,
-so each rank's copy of the batch stays the same. Rank 0's result is the engine's.
+sends each call (a `SchedulerOutput` to execute, mostly) to every other rank before making it
+itself. The same calls on the same data keep every rank's copy of the batch alike.
+
+- Tensor parallelism: the runners' collectives inside a step (all-reduces, the logits'
+  all-gather) line up, and every rank of the last stage samples the same tokens from the same
+  gathered logits.
+- Pipeline parallelism: rank 0 runs the first stage's layers and sends their output on; the last
+  stage samples and sends rank 0 the step's output. Steps are submitted and their outputs taken
+  in order, up to `pipeline_depth` of them in flight (one per stage), so that while a later
+  stage works on one micro-batch, rank 0 already runs the next one's first layers.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ import socket
 import subprocess
 import sys
 import weakref
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from tokenmill.config import EngineConfig
-from tokenmill.distributed.group import RankGroup, TensorParallel
+from tokenmill.distributed.group import PipelineParallel, TensorParallel, connect
 from tokenmill.engine.messages import RunnerOutput, SchedulerOutput
 from tokenmill.model.loader import LoadedModel, load_model
 from tokenmill.runner.model_runner import ModelRunner
@@ -34,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerDiedError(RuntimeError):
-    """A tensor-parallel worker process is gone: the engine cannot run another step."""
+    """A worker process is gone: the engine cannot run another step."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +67,24 @@ class RunnerCall:
 class Executor:
     """One rank: the runner in this process."""
 
-    def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel()) -> None:
-        self.loaded = load_model(config.model, tp)
+    pipeline_depth = 1  # the steps that may be in flight at once
+
+    def __init__(self, config: EngineConfig, tp: TensorParallel = TensorParallel(),
+                 pp: PipelineParallel = PipelineParallel()) -> None:  # fmt: skip
+        self.loaded = load_model(config.model, tp, pp)
         self.runner = ModelRunner(self.loaded, config.model, config.cache, config.lora)
+        self._outputs: deque[RunnerOutput | None] = deque()  # submitted steps', oldest first
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.runner, method)(*args)
 
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        return self.runner.execute(sched)
+    def submit(self, sched: SchedulerOutput) -> None:
+        """Starts a step; its output is taken, in order, by take_output."""
+        self._outputs.append(self.runner.execute(sched))
+
+    def take_output(self) -> RunnerOutput:
+        """The oldest submitted step's output."""
+        return self._outputs.popleft()
 
     def check_workers(self) -> None:
         """Raises WorkerDiedError if a worker process has exited (one rank: none can)."""
@@ -76,7 +94,7 @@ class Executor:
 
 
 class MultiprocExecutor(Executor):
-    """Rank 0 of a tensor-parallel group, with a worker process for each other rank."""
+    """Rank 0 of an engine split over ranks, with a worker process for each other rank."""
 
     def __init__(self, config: EngineConfig) -> None:
         parallel = self._parallel = config.parallel
@@ -85,32 +103,52 @@ class MultiprocExecutor(Executor):
                          for rank in parallel.local_ranks[1:]]  # the other nodes start their own  # fmt: skip
         self._stop = weakref.finalize(self, _stop_workers, self._workers)
         torch.set_num_threads(threads_per_rank(len(parallel.local_ranks)))  # the ranks here share its cores
+        self.pipeline_depth = parallel.pipeline_parallel_size
+        self._last_stage_rank = (parallel.pipeline_parallel_size - 1) * parallel.tensor_parallel_size
         try:
             config = for_rank(config, 0)
-            self.ranks = RankGroup.connect(0, parallel.world_size, parallel.master_addr, port, config.model.device)
-            super().__init__(config, TensorParallel(self.ranks))
+            self.ranks, tp, pp = connect(0, parallel, parallel.master_addr, port, config.model.device)
+            super().__init__(config, tp, pp)
             # the pool's size is rank 0's: a budget from free memory may differ between processes
-            self.ranks.broadcast_object(RunnerCall("__init__", (self.runner.num_blocks,)))
+            self._send(RunnerCall("__init__", (self.runner.num_blocks,)))
         except BaseException:
             for process in self._workers:  # they fail alike, or wait for a rank 0 that is gone
                 process.kill()
             self._stop()
             raise
-        logger.info("tensor parallelism: %d ranks over %s", parallel.world_size, type(self.ranks.group).__name__)
+        logger.info("%d ranks over %s: tensor parallel %d x pipeline parallel %d", parallel.world_size,
+                    type(self.ranks.group).__name__, parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
 
     def call(self, method: str, *args: Any) -> Any:
+        with self._workers_checked():
+            self._send(RunnerCall(method, args))
+            return super().call(method, *args)
+
+    def submit(self, sched: SchedulerOutput) -> None:
+        with self._workers_checked():
+            self._send(RunnerCall("execute", (sched,)))
+            super().submit(sched)
+
+    def take_output(self) -> RunnerOutput:
+        with self._workers_checked():
+            output = super().take_output()
+            return output if output is not None else self.ranks.recv_object(self._last_stage_rank)
+
+    def _send(self, call: RunnerCall) -> None:
+        for rank in range(1, self._parallel.world_size):
+            self.ranks.send_object(call, rank)
+
+    @contextmanager
+    def _workers_checked(self) -> Iterator[None]:
+        """Raises WorkerDiedError where a worker is gone, before the block or when it fails."""
         self.check_workers()
         try:
-            self.ranks.broadcast_object(RunnerCall(method, args))
-            return super().call(method, *args)
-        except RuntimeError as error:  # a collective failed: most likely a rank went away under it
+            yield
+        except RuntimeError as error:  # a send or collective failed: most likely a rank went away under it
             dead = self._dead_worker(wait_s=2.0)
             if dead is not None:
                 raise WorkerDiedError(dead) from error
             raise
-
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        return self.call("execute", sched)
 
     def check_workers(self) -> None:
         dead = self._dead_worker()
@@ -123,7 +161,8 @@ class MultiprocExecutor(Executor):
             return
         if self._dead_worker() is None:
             try:
-                self.ranks.broadcast_object(RunnerCall(None))
+                self._send(RunnerCall(None))
+                self.ranks.wait_sent()
             except RuntimeError:
                 pass  # one went away meanwhile: ended below
         else:
@@ -139,7 +178,7 @@ class MultiprocExecutor(Executor):
             except subprocess.TimeoutExpired:
                 code = None
             if code is not None:
-                return f"tensor-parallel worker {rank} (pid {process.pid}) exited with code {code}"
+                return f"worker {rank} (pid {process.pid}) exited with code {code}"
         return None
 
 
@@ -190,6 +229,7 @@ def _stop_workers(workers: list[subprocess.Popen]) -> None:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def _free_port(host: str) -> int:

@@ -1,12 +1,18 @@
 """The ranks of one engine and what they say to each other, over torch.distributed.
 
 A `RankGroup` is a process group of its own (a TCPStore rendezvous, then gloo on CPUs or NCCL on
-GPUs, with a gloo group beside it for the CPU-side calls), made without touching
+GPUs, with a gloo group beside it for the CPU-side messages), made without touching
 torch.distributed's default group, so an engine never collides with one its host process set up
-(under torchrun, say). Tensor parallelism reads the group as a
-`TensorParallel`: which heads, rows and columns this rank holds, and the all-reduce and
-all-gather that join the partial results. Rank 0 also sends every rank the engine's calls
-(`broadcast_object`): the same calls on the same data keep every rank's state alike.
+(under torchrun, say). `connect` joins a rank to the world of all ranks and to its pipeline
+stage's tensor-parallel group: rank = stage * tensor_parallel_size + its rank in the stage.
+
+- Tensor parallelism reads the stage's group as a `TensorParallel`: which heads, rows and columns
+  this rank holds, and the all-reduce and all-gather that join the partial results.
+- Pipeline parallelism reads the world as a `PipelineParallel`: this stage's layers, and the
+  activations sent to the same tensor-parallel rank of the next stage.
+- Rank 0 sends every rank the engine's calls (`send_object`, which does not wait for the other
+  side: a stage still busy with the last micro-batch takes the call when it is done), and the
+  last stage sends rank 0 each step's output.
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from tokenmill.config import ParallelConfig
+
 CONNECT_TIMEOUT = datetime.timedelta(minutes=5)  # workers load the model before they join
+# Point-to-point tags: messages with one tag between two ranks arrive in the order sent.
+_SIZE_TAG, _OBJECT_TAG, _ACTIVATION_TAG = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -28,36 +38,66 @@ class RankGroup:
     rank: int
     size: int
     group: dist.ProcessGroup | None  # the tensors' collectives; None: one rank, nothing to say
-    control: dist.ProcessGroup | None = None  # pickled calls, on the CPU: gloo (the same group off CUDA)
+    control: dist.ProcessGroup | None = None  # pickled messages, on the CPU: gloo (the same group off CUDA)
+    # sends not yet taken by their receiver, kept (with their buffers) until they complete
+    _pending: list[tuple[dist.Work, torch.Tensor]] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
-    def connect(cls, rank: int, size: int, master_addr: str, master_port: int, device: torch.device) -> RankGroup:
-        """Joins the rendezvous at master_addr:master_port (rank 0 hosts it); returns once every rank has."""
-        store = dist.TCPStore(master_addr, master_port, size, is_master=rank == 0, timeout=CONNECT_TIMEOUT)
-        control = dist.ProcessGroupGloo(dist.PrefixStore("control", store), rank, size, CONNECT_TIMEOUT)
+    def on_store(cls, store: dist.Store, name: str, rank: int, size: int, device: torch.device) -> RankGroup:
+        control = dist.ProcessGroupGloo(dist.PrefixStore(f"{name}/control", store), rank, size, CONNECT_TIMEOUT)
         if device.type != "cuda":
             return cls(rank, size, control, control)
-        return cls(rank, size, dist.ProcessGroupNCCL(dist.PrefixStore("tensors", store), rank, size), control)
+        return cls(rank, size, dist.ProcessGroupNCCL(dist.PrefixStore(f"{name}/tensors", store), rank, size), control)
 
-    def broadcast_object(self, obj: object = None) -> object:
-        """Rank 0's obj, on every rank (pickled; the others pass nothing)."""
-        if self.control is None:
-            return obj
-        data = pickle.dumps(obj) if self.rank == 0 else b""
-        size = torch.tensor([len(data)], dtype=torch.int64)
-        self._broadcast(size)
-        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == 0 else torch.empty(
-            int(size), dtype=torch.uint8)  # fmt: skip
-        self._broadcast(buffer)
-        return obj if self.rank == 0 else pickle.loads(buffer.numpy().tobytes())
+    def send_object(self, obj: object, dst: int) -> None:
+        """Sends obj (pickled) to rank dst, without waiting for dst to take it."""
+        data = pickle.dumps(obj)
+        self._send(self.control, torch.tensor([len(data)], dtype=torch.int64), dst, _SIZE_TAG)
+        self._send(self.control, torch.frombuffer(bytearray(data), dtype=torch.uint8), dst, _OBJECT_TAG)
 
-    def _broadcast(self, tensor: torch.Tensor) -> None:
-        options = dist.BroadcastOptions()
-        options.rootRank = 0
-        self.control.broadcast([tensor], options).wait()
+    def recv_object(self, src: int) -> object:
+        """The next object rank src sent this rank."""
+        size = torch.empty(1, dtype=torch.int64)
+        self.control.recv([size], src, _SIZE_TAG).wait()
+        return self._recv_payload(int(size), src)
+
+    def _recv_payload(self, size: int, src: int) -> object:
+        data = torch.empty(size, dtype=torch.uint8)
+        self.control.recv([data], src, _OBJECT_TAG).wait()
+        return pickle.loads(data.numpy().tobytes())
+
+    def send_tensor(self, tensor: torch.Tensor, dst: int) -> None:
+        self._send(self.group, tensor.contiguous(), dst, _ACTIVATION_TAG)
+
+    def recv_tensor(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        """Fills tensor (of the sent shape and dtype) with what src sent."""
+        self.group.recv([tensor], src, _ACTIVATION_TAG).wait()
+        return tensor
+
+    def wait_sent(self) -> None:
+        """Returns once every send has been taken."""
+        for work, _ in self._pending:
+            work.wait()
+        self._pending.clear()
+
+    def _send(self, group: dist.ProcessGroup, tensor: torch.Tensor, dst: int, tag: int) -> None:
+        self._pending[:] = [(work, t) for work, t in self._pending if not work.is_completed()]
+        self._pending.append((group.send([tensor], dst, tag), tensor))
 
 
 SINGLE = RankGroup(0, 1, None)
+
+
+def connect(rank: int, parallel: ParallelConfig, master_addr: str, master_port: int,
+            device: torch.device) -> tuple[RankGroup, TensorParallel, PipelineParallel]:  # fmt: skip
+    """Joins the rendezvous at master_addr:master_port (rank 0 hosts it); returns, once every rank
+    has joined, the world, and this rank's tensor-parallel and pipeline-parallel views."""
+    size, tp_size = parallel.world_size, parallel.tensor_parallel_size
+    store = dist.TCPStore(master_addr, master_port, size, is_master=rank == 0, timeout=CONNECT_TIMEOUT)
+    world = RankGroup.on_store(store, "world", rank, size, device)
+    stage = rank // tp_size
+    tensor = world if tp_size == size else RankGroup.on_store(store, f"stage{stage}", rank % tp_size, tp_size, device)
+    return world, TensorParallel(tensor), PipelineParallel(world, stage, parallel.pipeline_parallel_size, tp_size)
 
 
 @dataclass
@@ -131,3 +171,41 @@ class TensorParallel:
         self.ranks.group.allgather([parts], [x]).wait()
         self.stats.add(x, start)
         return torch.cat(parts, dim=-1)
+
+
+@dataclass(frozen=True)
+class PipelineParallel:
+    """One rank's pipeline stage: a contiguous range of the layers (the first stage also embeds the
+    tokens, the last also norms and computes logits), and the activations that cross from each
+    stage to the next: from a rank to the rank with the same tensor-parallel rank one stage on."""
+
+    ranks: RankGroup = SINGLE  # the world
+    stage: int = 0
+    num_stages: int = 1
+    tp_size: int = 1
+    stats: CommStats = field(default_factory=CommStats, compare=False)  # the activations sent on
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.num_stages - 1
+
+    def layers(self, num_layers: int) -> range:
+        """This stage's layers: an even share, the first stages taking one more where they do not
+        divide evenly (the last stage also has the LM head)."""
+        if num_layers < self.num_stages:
+            raise ValueError(f"pipeline_parallel_size {self.num_stages} exceeds the model's {num_layers} layers")
+        share, extra = divmod(num_layers, self.num_stages)
+        start = self.stage * share + min(self.stage, extra)
+        return range(start, start + share + (self.stage < extra))
+
+    def send_next(self, activations: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.ranks.send_tensor(activations, self.ranks.rank + self.tp_size)
+        self.stats.add(activations, start)
+
+    def recv_prev(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return self.ranks.recv_tensor(torch.empty(shape, dtype=dtype, device=device), self.ranks.rank - self.tp_size)

@@ -62,6 +62,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
         self._rejected: list[tuple[str, InvalidRequestError]] = []  # refused after add_request returned
+        self._steps_in_flight = 0  # submitted to the executor, output not yet taken
 
     def _max_model_len(self, requested: int | None, lookahead: int) -> int:
         """The context limit: the model's, capped so that one sequence (and the slots its draft
@@ -188,26 +189,39 @@ class LLMEngine:
     # ---- the step ----------------------------------------------------------------------------
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        """Requests in flight, or a step whose output is still to be taken (its requests aborted meanwhile)."""
+        return bool(self.requests) or self._steps_in_flight > 0
 
     def step(self) -> list[EngineOutput]:
-        """Runs one batched forward pass; returns what each request gained, if anything."""
+        """Runs one batched forward pass; returns what each request gained, if anything. With
+        pipeline parallelism it first fills the pipeline (up to one step per stage in flight, each
+        of sequences not in the others), then takes the oldest step's output."""
         if self.structured.compiling:
             self._admit_compiled()
-        sched = self.scheduler.schedule()
-        if sched.is_empty:
+        while self._steps_in_flight < self.executor.pipeline_depth and self._submit_next():
+            self._steps_in_flight += 1
+        if not self._steps_in_flight:
             if self.structured.compiling:
                 self.structured.wait(_GRAMMAR_WAIT_S)
             return []
-        self._mark_scheduled(sched)
-        if self.structured.active:
-            sched = dataclasses.replace(sched, grammar_bitmask=self.structured.bitmask(self._sampling_seq_ids(sched)))
-        result = self.executor.execute(sched)
+        result = self.executor.take_output()
+        self._steps_in_flight -= 1
         self.scheduler.update(result)
         self._num_draft_tokens += result.spec_counts.num_draft_tokens
         self._num_accepted_tokens += result.spec_counts.num_accepted_tokens
         self._keep_prompt_rows(result)
         return self._process(result)
+
+    def _submit_next(self) -> bool:
+        """Schedules a step and hands it to the executor; False if nothing could be scheduled."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return False
+        self._mark_scheduled(sched)
+        if self.structured.active:
+            sched = dataclasses.replace(sched, grammar_bitmask=self.structured.bitmask(self._sampling_seq_ids(sched)))
+        self.executor.submit(sched)
+        return True
 
     def _mark_scheduled(self, sched: SchedulerOutput) -> None:
         now = time.monotonic()
@@ -229,6 +243,8 @@ class LLMEngine:
 
     def _keep_prompt_rows(self, result: RunnerOutput) -> None:
         for seq_id, logprobs in result.prompt_logprobs.items():
+            if seq_id not in self._seqs:
+                continue  # aborted while its step was in flight
             request = self.requests[self._seqs[seq_id].request_id]
             request.prompt_logprob_chunks.append(logprobs)
             request.hidden_chunks.append(result.hidden_states[seq_id])
@@ -237,7 +253,9 @@ class LLMEngine:
         now = time.monotonic()
         touched: dict[str, list[SampleOutput]] = {}
         for seq_id, token_ids in result.sampled_token_ids.items():
-            seq = self._seqs[seq_id]
+            seq = self._seqs.get(seq_id)
+            if seq is None or seq.is_finished:
+                continue  # aborted while its step was in flight
             touched.setdefault(seq.request_id, []).append(self._append(seq, token_ids, result.logprobs.get(seq_id)))
         outputs = []
         for request_id, samples in touched.items():
@@ -295,7 +313,7 @@ class LLMEngine:
         return seconds
 
     def check_workers(self) -> None:
-        """Raises WorkerDiedError if a tensor-parallel worker has exited, even while no step runs."""
+        """Raises WorkerDiedError if a worker process has exited, even while no step runs."""
         self.executor.check_workers()
 
     def shutdown(self) -> None:

@@ -9,11 +9,15 @@ running sequence is preempted: its blocks are freed and it is recomputed later f
 A sequence being admitted first takes its longest cached prefix from the KV manager, which also
 names every block a step fills, so that a preempted sequence, a later turn or another request
 can take it back. Each step leaves as a SchedulerOutput of ids and diffs (engine/messages.py).
+
+With pipeline parallelism several steps are in flight at once; a sequence in one of them is not
+scheduled again (nor preempted) until that step's output is back (`update`, oldest step first).
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 
 from tokenmill.config import SchedulerConfig
 from tokenmill.engine.messages import CachedSequence, NewSequence, RunnerOutput, SchedulerOutput
@@ -29,7 +33,9 @@ class Scheduler:
         self.running: list[Sequence] = []  # sorted by schedule_key
         self.num_preemptions = 0
         self._finished_ids: list[int] = []  # ended since the last step, for the runner to forget
-        self._scheduled: list[tuple[Sequence, int]] = []  # the last step's sequences and token counts
+        self._scheduled: list[tuple[Sequence, int]] = []  # the step being built: sequences and token counts
+        self._in_flight: deque[list[tuple[Sequence, int]]] = deque()  # steps sent whose output is not back
+        self._busy: set[int] = set()  # the ids of the sequences in those steps
 
     @property
     def has_unfinished(self) -> bool:
@@ -42,6 +48,8 @@ class Scheduler:
     # ---- one step ---------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
+        """The next step (empty if nothing can run now); a non-empty one counts as in flight until update."""
+        self._busy = {seq.seq_id for step in self._in_flight for seq, _ in step}
         self._scheduled, preempted = [], []
         budget = self._schedule_running(self.config.max_num_batched_tokens, preempted)
         if not preempted:
@@ -52,6 +60,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.seq_id in self._busy:
+                i += 1
+                continue
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if num_tokens + len(seq.spec_token_ids) <= budget:  # proposals go whole or not at all
                 num_tokens += len(seq.spec_token_ids)
@@ -66,9 +77,10 @@ class Scheduler:
         return budget
 
     def _make_room(self, seq: Sequence, num_tokens: int, preempted: list[Sequence]) -> bool:
-        """Preempts from the back of the running list until seq's new tokens fit; False if seq went."""
+        """Preempts from the back of the running list (sequences in flight excepted) until seq's new
+        tokens fit; False if seq went."""
         while not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
-            victim = self.running[-1]
+            victim = next(s for s in reversed(self.running) if s.seq_id not in self._busy)
             self._preempt(victim)
             preempted.append(victim)
             if victim is seq:
@@ -165,15 +177,20 @@ class Scheduler:
                 out.cached_seqs.append(CachedSequence(seq.seq_id, seq.token_ids[seq.num_tokens_sent :], start,
                                                       new_blocks, seq.num_computed_tokens))
             seq.num_tokens_sent = seq.num_tokens
+        if self._scheduled:
+            self._in_flight.append(self._scheduled)
         return out
 
     # ---- after the step ---------------------------------------------------------------------
 
     def update(self, result: RunnerOutput) -> None:
-        """Records the tokens the last step computed, less the proposals the model rejected (their
-        KV rolled back, blocks that held only them freed); names full blocks in the prefix cache;
-        keeps the runner's proposals for the next step. The sampled tokens join later (append)."""
-        for seq, num_tokens in self._scheduled:
+        """Records the tokens the oldest step in flight computed, less the proposals the model
+        rejected (their KV rolled back, blocks that held only them freed); names full blocks in the
+        prefix cache; keeps the runner's proposals for the next step. The sampled tokens join later
+        (append). Sequences that ended while the step was in flight are skipped."""
+        for seq, num_tokens in self._in_flight.popleft():
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
             proposed = len(seq.spec_token_ids) if seq.seq_id in result.sampled_token_ids else 0
             rejected = proposed - (len(result.sampled_token_ids[seq.seq_id]) - 1) if proposed else 0
             seq.num_computed_tokens += num_tokens - rejected

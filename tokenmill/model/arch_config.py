@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tokenmill.distributed.group import TensorParallel
+    from tokenmill.distributed.group import PipelineParallel, TensorParallel
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,12 @@ class ArchConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
 
-    def for_rank(self, tp: TensorParallel) -> ArchConfig:
-        """The heads one tensor-parallel rank holds (itself with one rank)."""
-        if tp.size == 1:
+    def for_rank(self, tp: TensorParallel, pp: PipelineParallel) -> ArchConfig:
+        """The heads one tensor-parallel rank holds, in its pipeline stage's layers (itself with one rank)."""
+        if tp.size == 1 and pp.num_stages == 1:
             return self
         return replace(self, num_heads=tp.split(self.num_heads, "attention heads")[1],
-                       num_kv_heads=tp.kv_heads(self.num_kv_heads)[1])
+                       num_kv_heads=tp.kv_heads(self.num_kv_heads)[1], num_layers=len(pp.layers(self.num_layers)))
 
     @property
     def num_queries_per_kv(self) -> int:

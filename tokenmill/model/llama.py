@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tokenmill.attention.base import AttentionPlan
-from tokenmill.distributed.group import TensorParallel
+from tokenmill.distributed.group import PipelineParallel, TensorParallel
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.attention import PagedAttention
 from tokenmill.model.layers import MergedLinear, RMSNorm, RotaryEmbedding, SiluAndMul, check_shape, default_weight_loader
@@ -76,41 +76,58 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
+    """With pipeline parallelism, a stage's part: its layers (the others' places hold nn.Identity,
+    so that parameter names stay the checkpoint's), the embedding on the first stage (and on the
+    last where the LM head shares it), the final norm on the last."""
+
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel, pp: PipelineParallel) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, tp) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.pp, self.layer_range = pp, pp.layers(cfg.num_layers)
+        holds_embedding = pp.is_first or (pp.is_last and cfg.tie_word_embeddings)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp) if holds_embedding else None
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, tp) if i in self.layer_range else nn.Identity()
+                                    for i in range(cfg.num_layers))  # fmt: skip
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if pp.is_last else None
 
     def forward(
         self, input_ids: torch.Tensor | None, positions: torch.Tensor, plan: AttentionPlan,
         num_layers: int | None = None, inputs_embeds: torch.Tensor | None = None,
+        intermediate: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """num_layers: only the first ones (a self-draft), their output normed as the last layer's is.
-        inputs_embeds: the tokens already embedded, in place of input_ids."""
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        residual = None
-        for layer in self.layers[:num_layers]:
+        inputs_embeds: the tokens already embedded, in place of input_ids. intermediate: on a stage
+        after the first, the previous stage's output. A stage before the last returns its layers'
+        output and residual stacked, [2, tokens, hidden], for the next stage."""
+        if intermediate is not None:
+            x, residual = intermediate.unbind(0)
+        else:
+            x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
+        for layer in self.layers[self.layer_range.start : num_layers or self.layer_range.stop]:
             x, residual = layer(positions, x, residual, plan)
+        if not self.pp.is_last:
+            return torch.stack((x, residual))
         return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
     packed_modules_mapping = PACKED_MODULES
 
-    def __init__(self, cfg: ArchConfig, tp: TensorParallel = TensorParallel()) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel = TensorParallel(),
+                 pp: PipelineParallel = PipelineParallel()) -> None:  # fmt: skip
         super().__init__()
         self.cfg, self.tp = cfg, tp
-        self.model = LlamaModel(cfg, tp)
-        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp)
-        if cfg.tie_word_embeddings:
+        self.model = LlamaModel(cfg, tp, pp)
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp) if pp.is_last else None
+        if cfg.tie_word_embeddings and pp.is_last:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
         self, input_ids: torch.Tensor | None, positions: torch.Tensor, plan: AttentionPlan,
         num_layers: int | None = None, inputs_embeds: torch.Tensor | None = None,
+        intermediate: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(input_ids, positions, plan, num_layers, inputs_embeds)
+        return self.model(input_ids, positions, plan, num_layers, inputs_embeds, intermediate)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -119,7 +136,7 @@ class LlamaForCausalLM(nn.Module):
         return gather_logits(self.lm_head(hidden), self.cfg.vocab_size, self.tp).float()
 
     def attention_layers(self) -> list[PagedAttention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
+        return [self.model.layers[i].self_attn.attn for i in self.model.layer_range]
 
     def load_weights(
         self, weights: Iterable[tuple[str, torch.Tensor | QuantizedTensor]]
@@ -133,7 +150,7 @@ class LlamaForCausalLM(nn.Module):
         loaded: set[str] = set()
         quantized: dict[str, dict[str | None, QuantizedTensor]] = {}
         for name, tensor in weights:
-            if "rotary_emb" in name or self._is_tied_head(name):
+            if "rotary_emb" in name or self._is_tied_head(name) or self._on_other_stage(name):
                 continue
             target, shard = self._target(name)
             if target not in params:
@@ -149,6 +166,18 @@ class LlamaForCausalLM(nn.Module):
             loaded.add(name)
         self._check_complete(params, loaded)
         return {layer: self._stack_quantized(layer, shards) for layer, shards in quantized.items()}
+
+    def _on_other_stage(self, name: str) -> bool:
+        """Whether the weight belongs to a module another pipeline stage holds."""
+        module = self
+        for part in name.split(".")[:-1]:
+            child = getattr(module, part, False)  # False: no such part (q_proj, packed in qkv_proj here)
+            if child is None or isinstance(child, nn.Identity):
+                return True
+            if not isinstance(child, nn.Module):
+                return False
+            module = child
+        return False
 
     def _is_tied_head(self, name: str) -> bool:
         return name == "lm_head.weight" and self.cfg.tie_word_embeddings

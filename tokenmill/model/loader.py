@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tokenmill.config import ModelConfig
-from tokenmill.distributed.group import TensorParallel
+from tokenmill.distributed.group import PipelineParallel, TensorParallel
 from tokenmill.kernels.cpu_info import has_bf16_dot_products
 from tokenmill.kernels.quant_matmul import QuantMatmul
 from tokenmill.model.arch_config import ArchConfig
@@ -36,11 +36,13 @@ class LoadedModel:
     arch: ArchConfig  # this rank's heads
     tokenizer: Tokenizer
     tp_size: int = 1  # the tensor-parallel ranks the model is split over
+    pp: PipelineParallel = PipelineParallel()  # the pipeline stage it is (the whole model with one)
 
 
-def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel()) -> LoadedModel:
-    """The model, or with several tensor-parallel ranks this rank's part of it; `arch` then counts
-    this rank's heads (what its KV cache and attention hold)."""
+def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel(),
+               pp: PipelineParallel = PipelineParallel()) -> LoadedModel:  # fmt: skip
+    """The model, or with several ranks this rank's part of it; `arch` then counts this rank's
+    heads and layers (what its KV cache and attention hold)."""
     start = time.monotonic()
     path = cfg.model
     if path.is_dir():
@@ -55,7 +57,7 @@ def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel()) -> Loade
     if tp.size > 1 and cfg.quantization != "none":
         raise ValueError(f"quantization {cfg.quantization!r} is not yet supported with tensor_parallel_size "
                          f"{tp.size}; use quantization none")
-    model = build_model(arch, tp)
+    model = build_model(arch, tp, pp)
     quantized = model.load_weights(weights)
     kernel = QuantMatmul.load() if cfg.device.type == "cpu" else None
     gpu = cfg.device.type == "cuda" and importlib.util.find_spec("triton") is not None  # the Triton kernel
@@ -74,7 +76,7 @@ def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel()) -> Loade
         enable_bf16_products(model)
     logger.info("loaded %s (%s, %s, quantization %s) in %.1f s", path.name, arch.architecture, cfg.dtype,
                 cfg.quantization, time.monotonic() - start)
-    return LoadedModel(model, arch.for_rank(tp), tokenizer, tp.size)
+    return LoadedModel(model, arch.for_rank(tp, pp), tokenizer, tp.size, pp)
 
 
 # GGUF tensor names (llama.cpp's) to Hugging Face names, which the architectures load.

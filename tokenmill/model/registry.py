@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tokenmill.distributed.group import TensorParallel
+from tokenmill.distributed.group import PipelineParallel, TensorParallel
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.llama import LlamaForCausalLM
 
@@ -14,8 +14,9 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(cfg: ArchConfig, tp: TensorParallel = TensorParallel()) -> nn.Module:
+def build_model(cfg: ArchConfig, tp: TensorParallel = TensorParallel(),
+                pp: PipelineParallel = PipelineParallel()) -> nn.Module:  # fmt: skip
     if cfg.architecture not in ARCHITECTURES:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise ValueError(f"architecture {cfg.architecture!r} is not supported (supported: {supported})")
-    return ARCHITECTURES[cfg.architecture](cfg, tp)
+    return ARCHITECTURES[cfg.architecture](cfg, tp, pp)

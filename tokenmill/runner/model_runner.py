@@ -34,7 +34,7 @@ class ModelRunner:
         """num_blocks: the pool's size when another rank chose it; None sizes it from the budget."""
         self.model = loaded.model
         self.arch = loaded.arch
-        self.tp_size = loaded.tp_size
+        self.tp_size, self.pp = loaded.tp_size, loaded.pp
         self.model_config = model_config
         self.device, self.dtype = model_config.device, model_config.activation_dtype
         self.block_size = cache_config.block_size
@@ -63,10 +63,10 @@ class ModelRunner:
     def enable_decode_graphs(self, max_model_len: int, max_num_seqs: int) -> None:
         """Captures decode steps and replays them: on the CPU where every kernel is a C one
         (runner/step_graph.py), on CUDA as CUDA graphs where the attention plan is the Triton
-        backend's, built on the device (runner/cuda_graphs.py). Not with tensor parallelism: its
-        all-reduces are no recorded kernels, so its steps run eagerly."""
-        if self.tp_size > 1:
-            logger.info("tensor parallelism: decode steps run eagerly (no capture)")
+        backend's, built on the device (runner/cuda_graphs.py). Not split over ranks: all-reduces
+        and sends are no recorded kernels, so those steps run eagerly."""
+        if self.tp_size > 1 or self.pp.num_stages > 1:
+            logger.info("tensor or pipeline parallelism: decode steps run eagerly (no capture)")
         elif self.device.type == "cpu" and self.attention.name == "cpu":
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_model_len, self.block_size)
         elif self.device.type == "cuda" and self.attention.name == "triton":
@@ -79,10 +79,15 @@ class ModelRunner:
         return 0 if self.decode_graphs is None else self.decode_graphs.max_batch_size
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput | None:
+        """The step's output; None on a pipeline stage before the last, which sends its layers'
+        output on to the next stage instead."""
         batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
         if self.lora is not None:
             self.lora.set_step(batch.lora_slots)
+        if not self.pp.is_last:
+            self.pp.send_next(self._stage_forward(batch))
+            return None
         logits, rows, prompt_logprobs, hidden_states = self._forward(batch)
         if logits is None:
             return RunnerOutput(prompt_logprobs=prompt_logprobs, hidden_states=hidden_states)
@@ -105,12 +110,21 @@ class ModelRunner:
         the prompt rows asked for."""
         if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
             return *self.decode_graphs.run(batch), {}, {}
-        hidden = self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn))
+        hidden = self._stage_forward(batch)
         prompt_logprobs, hidden_states = self._prompt_rows(hidden, batch)
         if not batch.sampled_seqs:
             return None, None, prompt_logprobs, hidden_states
         rows = hidden.index_select(0, batch.logits_indices)
         return self.model.compute_logits(rows), rows, prompt_logprobs, hidden_states
+
+    def _stage_forward(self, batch: ModelInput) -> torch.Tensor:
+        """This stage's layers over the batch: from the tokens on the first (or only) stage, from the
+        previous stage's output on the others."""
+        intermediate = None
+        if not self.pp.is_first:
+            shape = (2, len(batch.input_ids), self.arch.hidden_size)
+            intermediate = self.pp.recv_prev(shape, self.dtype, self.device)
+        return self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn), intermediate=intermediate)
 
     def _speculate(self, seqs: list[RunnerSequence], token_ids: list[list[int]], rows: torch.Tensor | None,
                    num_logits: list[int]) -> tuple[SpecDecodeCounts, dict[int, list[int]]]:
