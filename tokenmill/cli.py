@@ -110,6 +110,13 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_disagg_proxy(args: argparse.Namespace) -> int:
+    from tokenmill.kv_transfer.proxy import ProxyConfig, serve_proxy
+
+    serve_proxy(ProxyConfig(args.prefill.rstrip("/"), args.decode.rstrip("/")), args.host, args.port)
+    return 0
+
+
 def add_server_args(parser: argparse.ArgumentParser) -> None:
     S = ServerConfig  # its defaults are the flags' defaults
     parser.add_argument("model_tag", nargs="?", type=Path, default=None, help="the model (same as --model)")
@@ -165,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_args(serve)
     add_engine_args(serve)
     serve.set_defaults(run=cmd_serve, verbose=True)  # a server says what it chose and when it is ready
+
+    proxy = commands.add_parser("disagg-proxy", help="one API over a prefill and a decode instance "
+                                "(`tokenmill serve --kv-role prefill|decode`)")
+    proxy.add_argument("--prefill", required=True, help="the prefill instance's URL, e.g. http://127.0.0.1:8100")
+    proxy.add_argument("--decode", required=True, help="the decode instance's URL")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8000)
+    proxy.set_defaults(run=cmd_disagg_proxy, verbose=True)
 
     train = commands.add_parser("train-draft", help="train draft heads for speculative decoding (self-distillation)")
     train.add_argument("--model", type=Path, default=None, help="a GGUF file or model directory (default model)")

@@ -273,6 +273,28 @@ class ParallelConfig:
         return range(self.node_rank * per_node, (self.node_rank + 1) * per_node)
 
 
+KV_ROLES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class KVTransferConfig:
+    """Disaggregated prefill and decode (tokenmill/kv_transfer): a prefill instance hosts the
+    rendezvous at kv_peer ("host:port"), the decode instance joins it. timeout_s: how long a
+    prefill instance keeps a finished prompt's blocks for a pull."""
+
+    kv_role: str | None = None  # None: an ordinary instance
+    kv_peer: str = "127.0.0.1:14579"
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 300.0  # the other instance loads its model meanwhile
+
+    def __post_init__(self) -> None:
+        if self.kv_role is not None and self.kv_role not in KV_ROLES:
+            raise ValueError(f"kv_role must be one of {', '.join(KV_ROLES)}; got {self.kv_role!r}")
+        host, _, port = self.kv_peer.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"kv_peer must be host:port, got {self.kv_peer!r}")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything an engine is built from: what `LLM(...)` and `tokenmill serve` hand down."""
@@ -283,6 +305,7 @@ class EngineConfig:
     speculative: SpeculativeConfig | None = None
     lora: LoRAConfig | None = None  # None: no adapters
     parallel: ParallelConfig = ParallelConfig()
+    kv_transfer: KVTransferConfig = KVTransferConfig()
 
     def __post_init__(self) -> None:
         needed = 0 if self.speculative is None else self.speculative.num_lookahead_tokens
@@ -291,6 +314,9 @@ class EngineConfig:
                              f"the scheduler must keep num_lookahead_tokens >= {needed}")
         if self.parallel.pipeline_parallel_size > 1 and (self.speculative is not None or self.lora is not None):
             raise ValueError("speculative decoding and LoRA adapters do not run with pipeline_parallel_size > 1 yet")
+        if self.kv_transfer.kv_role is not None and self.parallel.world_size > 1:
+            raise ValueError("kv_role (disaggregated prefill/decode) runs on one rank for now, not with tensor or "
+                             "pipeline parallelism")
 
     @classmethod
     def create(
@@ -323,6 +349,8 @@ class EngineConfig:
         master_port: int = ParallelConfig.master_port,
         nnodes: int = ParallelConfig.nnodes,
         node_rank: int = ParallelConfig.node_rank,
+        kv_role: str | None = KVTransferConfig.kv_role,
+        kv_peer: str = KVTransferConfig.kv_peer,
     ) -> EngineConfig:
         """From vLLM's argument names; `model` None is the default model; each `auto` is chosen for
         this machine (tokenmill/auto_mode.py) and logged."""
@@ -360,6 +388,7 @@ class EngineConfig:
             speculative,
             LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None,
             ParallelConfig(tensor_parallel_size, pipeline_parallel_size, master_addr, master_port, nnodes, node_rank),
+            KVTransferConfig(kv_role, kv_peer),
         )
 
 

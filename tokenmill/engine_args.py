@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenmill.config import (
-    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, QUANTIZATION_CHOICES, CacheConfig, LoRAConfig,
-    ModelConfig, ParallelConfig, SchedulerConfig,
+    ATTENTION_BACKENDS, DTYPE_CHOICES, KV_CACHE_DTYPE_CHOICES, KV_ROLES, QUANTIZATION_CHOICES, CacheConfig,
+    KVTransferConfig, LoRAConfig, ModelConfig, ParallelConfig, SchedulerConfig,
 )  # fmt: skip
 from tokenmill.model.default import DEFAULT_MODEL_NAME
 from tokenmill.sampling_params import SamplingParams
@@ -69,6 +69,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master-addr", default=ParallelConfig.master_addr, help="node 0's address: the rendezvous")
     parser.add_argument("--master-port", type=int, default=ParallelConfig.master_port,
                         help="the rendezvous port (0: a free one, single host only)")
+    parser.add_argument("--kv-role", choices=KV_ROLES, default=None,
+                        help="disaggregated serving: this instance prefills prompts for a decode instance, or "
+                             "decodes them (with `tokenmill disagg-proxy` in front)")
+    parser.add_argument("--kv-peer", default=KVTransferConfig.kv_peer,
+                        help="host:port where the prefill instance meets the decode instance to move KV blocks")
     parser.add_argument("--draft-layers", type=int, default=None,
                         help="speculate with a self-draft made of the model's first N layers (method draft)")
 
@@ -103,7 +108,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras, tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size, master_addr=args.master_addr,
-        master_port=args.master_port, nnodes=args.nnodes, node_rank=args.node_rank,
+        master_port=args.master_port, nnodes=args.nnodes, node_rank=args.node_rank, kv_role=args.kv_role,
+        kv_peer=args.kv_peer,
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tokenmill.kv_transfer.params import KVTransferParams
 from tokenmill.structured.params import StructuredOutputsParams
 
 MAX_LOGPROBS = 20
@@ -31,6 +32,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling
     structured_outputs: StructuredOutputsParams | None = None  # a JSON schema, regex, choice or grammar
+    kv_transfer: KVTransferParams | None = None  # disaggregated serving: park the prompt's KV, or pull it
     stop_strings: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:

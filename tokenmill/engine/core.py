@@ -116,9 +116,11 @@ def _serve(engine: LLMEngine, inbox: multiprocessing.queues.Queue, outbox: multi
             return  # asked to, or orphaned: the front end is gone
         engine.check_workers()  # a dead worker ends the core, which the front end sees at once
         rejected = [r for m in messages if (r := _handle(engine, m)) is not None]
+        free_blocks = engine.kv_manager.num_free_blocks
         outputs = engine.step() if engine.has_unfinished_requests() else []
         rejected += [RequestRejected(request_id, exc.param, str(exc)) for request_id, exc in engine.take_rejected()]
-        if outputs or messages or rejected:
+        freed = engine.kv_manager.num_free_blocks != free_blocks  # blocks a decode instance pulled, say
+        if outputs or messages or rejected or freed:
             try:
                 outbox.send(StepOutputs(outputs, engine.stats(), rejected))
             except BrokenPipeError:

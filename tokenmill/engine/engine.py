@@ -19,9 +19,12 @@ from tokenmill.engine.sequence import Sequence, SequenceStatus
 from tokenmill.engine.stats import EngineStats
 from tokenmill.engine.stop import check_stop
 from tokenmill.kv.kv_manager import KVCacheManager
+from tokenmill.kv_transfer.connector import DistributedKVConnector
+from tokenmill.kv_transfer.engine_side import KVTransfer
 from tokenmill.lora.adapter import AdapterError
 from tokenmill.lora.request import LoRARequest
 from tokenmill.distributed.executor import make_executor
+from tokenmill.runner.model_runner import ModelRunner
 from tokenmill.sampling_params import SamplingParams
 from tokenmill.structured.manager import StructuredOutputManager
 
@@ -48,6 +51,7 @@ class LLMEngine:
                                          config.cache.enable_prefix_caching)
         self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv_manager)
+        self.kv_transfer = _kv_transfer(config, self.runner, self.kv_manager)  # disaggregated serving, or None
         self.structured = StructuredOutputManager(self.tokenizer, self.arch.vocab_size)
         spec = config.speculative
         if spec is not None:
@@ -102,6 +106,8 @@ class LLMEngine:
         self.requests[request_id] = Request(request_id, token_ids, params, seqs)
         for seq in seqs:
             self._seqs[seq.seq_id] = seq
+            if self.kv_transfer is not None:
+                self.kv_transfer.pull_prompt(seq)
             if params.structured_outputs is not None:  # scheduled once its grammar is compiled
                 seq.status = SequenceStatus.WAITING_FOR_GRAMMAR
                 self.structured.add(seq.seq_id, params.structured_outputs)
@@ -189,8 +195,10 @@ class LLMEngine:
     # ---- the step ----------------------------------------------------------------------------
 
     def has_unfinished_requests(self) -> bool:
-        """Requests in flight, or a step whose output is still to be taken (its requests aborted meanwhile)."""
-        return bool(self.requests) or self._steps_in_flight > 0
+        """Requests in flight, a step whose output is still to be taken (its requests aborted meanwhile),
+        or blocks parked for a decode instance to pull."""
+        parked = self.kv_transfer is not None and self.kv_transfer.has_parked
+        return bool(self.requests) or self._steps_in_flight > 0 or parked
 
     def step(self) -> list[EngineOutput]:
         """Runs one batched forward pass; returns what each request gained, if anything. With
@@ -198,11 +206,15 @@ class LLMEngine:
         of sequences not in the others), then takes the oldest step's output."""
         if self.structured.compiling:
             self._admit_compiled()
+        if self.kv_transfer is not None:
+            self.kv_transfer.free_pulled()
         while self._steps_in_flight < self.executor.pipeline_depth and self._submit_next():
             self._steps_in_flight += 1
         if not self._steps_in_flight:
             if self.structured.compiling:
                 self.structured.wait(_GRAMMAR_WAIT_S)
+            elif self.kv_transfer is not None and self.kv_transfer.has_parked:
+                self.kv_transfer.wait()
             return []
         result = self.executor.take_output()
         self._steps_in_flight -= 1
@@ -277,7 +289,10 @@ class LLMEngine:
             added.append(token_id)
             finish = check_stop(seq, token_id, self.tokenizer.eos_token_id, self.max_model_len)
             if finish is not None:
-                self.scheduler.finish(seq, *finish)
+                parks = self.kv_transfer is not None and self.kv_transfer.parks(seq)
+                self.scheduler.finish(seq, *finish, keep_blocks=parks)
+                if parks:
+                    self.requests[seq.request_id].kv_transfer_params = self.kv_transfer.park(seq)
                 break
         new_logprobs = None if seq.params.logprobs is None else [logprobs] if logprobs is not None else []
         return SampleOutput(seq.index, added, new_logprobs, seq.finish_reason, seq.stop_reason)
@@ -324,6 +339,7 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         scheduler, kv, cache, lora = self.scheduler, self.kv_manager, self.kv_manager.prefix_cache, self.runner.lora
+        transfer = self.kv_transfer
         return EngineStats(
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting), kv_cache_usage=kv.usage,
             num_preemptions=scheduler.num_preemptions,
@@ -337,6 +353,8 @@ class LLMEngine:
             lora_loads=lora.num_loads if lora is not None else 0, lora_swaps=lora.num_swaps if lora is not None else 0,
             running_adapters=_adapter_names(scheduler.running) if lora is not None else (),
             waiting_adapters=_adapter_names(scheduler.waiting) if lora is not None else (),
+            kv_transfers_pulled=transfer.num_pulled if transfer is not None else 0,
+            kv_transfer_fallbacks=transfer.num_fallbacks if transfer is not None else 0,
         )
 
     @torch.inference_mode()
@@ -356,6 +374,14 @@ class LLMEngine:
         except BaseException:  # an interrupt, or an error in a step: give its blocks back
             self.abort_request(request_id)
             raise
+
+
+def _kv_transfer(config: EngineConfig, runner: ModelRunner, kv: KVCacheManager) -> KVTransfer | None:
+    role = config.kv_transfer.kv_role
+    if role is None:
+        return None
+    connector = DistributedKVConnector(config.kv_transfer, runner.paged.kv_cache, runner.paged.kv_scales)
+    return KVTransfer(role, connector, kv)
 
 
 def _adapter_names(seqs: Seq[Sequence]) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tokenmill.outputs import Logprob, RequestMetrics
+from tokenmill.kv_transfer.params import KVTransferParams
 from tokenmill.lora.request import LoRARequest
 from tokenmill.sampling_params import SamplingParams
 
@@ -110,3 +111,4 @@ class EngineOutput:
     # probabilities of each next prompt token and [T, H] final hidden states of the prompt.
     prompt_logprobs: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
+    kv_transfer_params: KVTransferParams | None = None  # a prefill instance's: where its prompt's KV waits

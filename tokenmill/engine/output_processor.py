@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from tokenmill.engine.detokenizer import IncrementalDetokenizer
 from tokenmill.engine.messages import EngineOutput, SampleOutput
+from tokenmill.kv_transfer.params import KVTransferParams
 from tokenmill.model.tokenizer import Tokenizer
 from tokenmill.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from tokenmill.sampling_params import SamplingParams
@@ -36,6 +37,7 @@ class RequestDelta:
     finished: bool
     metrics: RequestMetrics
     num_cached_tokens: int
+    kv_transfer_params: KVTransferParams | None = None
 
 
 @dataclass
@@ -93,7 +95,7 @@ class OutputProcessor:
             if state.finished and state.metrics.finished_time is None:  # ended here, by a stop string
                 state.metrics.finished_time = time.monotonic()
             deltas.append(RequestDelta(out.request_id, completions, state.finished, state.metrics,
-                                       state.num_cached_tokens))
+                                       state.num_cached_tokens, out.kv_transfer_params))
         return deltas
 
     def _fold(self, request_id: str, state: _RequestState, out: SampleOutput) -> CompletionDelta | None:

@@ -198,13 +198,15 @@ class Scheduler:
             self.kv.cache_full_blocks(seq, seq.num_computed_tokens)
             seq.spec_token_ids = result.spec_token_ids.get(seq.seq_id, [])
 
-    def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
-        """Ends a sequence and frees its blocks at once."""
+    def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None,
+               keep_blocks: bool = False) -> None:  # fmt: skip
+        """Ends a sequence and frees its blocks at once (keep_blocks: its caller frees them later)."""
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
-        self.kv.free(seq.seq_id)
+        if not keep_blocks:
+            self.kv.free(seq.seq_id)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason, seq.stop_reason = reason, stop_reason
         seq.spec_token_ids = []

@@ -25,6 +25,8 @@ class EngineStats:
     lora_swaps: int = 0  # of those, loads that evicted another adapter
     running_adapters: tuple[str, ...] = ()  # names of the adapters running sequences use
     waiting_adapters: tuple[str, ...] = ()  # and of those waiting sequences ask for
+    kv_transfers_pulled: int = 0  # disaggregated decode: prompts whose KV came from the prefill instance
+    kv_transfer_fallbacks: int = 0  # and those it could not pull, prefilled here instead
 
     @property
     def spec_acceptance_rate(self) -> float:

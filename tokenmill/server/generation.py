@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from tokenmill.engine.async_engine import AsyncEngine, EngineDeadError, RequestRejectedError
 from tokenmill.engine.output_processor import RequestDelta
+from tokenmill.kv_transfer.params import KVTransferParams
 from tokenmill.lora.request import LoRARequest
 from tokenmill.outputs import Logprob, RequestMetrics
 from tokenmill.sampling_params import SamplingParams
@@ -52,6 +53,7 @@ class RequestRun:
         self.cache_salt = cache_salt
         self.lora = lora
         self.num_cached_tokens = 0
+        self.kv_transfer_params: KVTransferParams | None = None  # a prefill instance's: where the prompt's KV waits
         self.request_id = state.engine.new_request_id(kind)
         self.created = int(time.time())
         self.arrival = time.monotonic()
@@ -122,6 +124,7 @@ class RequestRun:
             self.first_token = self.first_token or now
         if delta.finished:
             self.finished, self.engine_metrics = now, delta.metrics
+            self.kv_transfer_params = delta.kv_transfer_params
             metrics.observe_finished(delta.metrics, self.ttft_s, now - self.arrival, len(self.prompt_token_ids),
                                      [c.finish_reason or "abort" for c in self.choices])
 
@@ -134,6 +137,10 @@ class RequestRun:
         prompt = len(self.prompt_token_ids)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens}}
+
+    def kv_transfer_field(self) -> dict:
+        """{"kv_transfer_params": ...} where the prompt's KV was parked for a decode instance, else {}."""
+        return {} if self.kv_transfer_params is None else {"kv_transfer_params": self.kv_transfer_params.to_json()}
 
     def timings(self) -> dict:
         """Milliseconds: queue (arrival to first scheduled), time to first token, decode, end to end."""

@@ -61,6 +61,9 @@ class ServerMetrics:
                                   registry=self.registry)
         self.lora_swaps = Counter("tokenmill:lora_swaps", "LoRA loads that evicted another adapter", labels,
                                   registry=self.registry)
+        self.kv_transfers = Counter("tokenmill:kv_transfers", "Disaggregated decode: prompts whose KV was pulled "
+                                    "from the prefill instance, or prefilled here instead", [*labels, "result"],
+                                    registry=self.registry)  # fmt: skip
         # vLLM's: the adapters in use, as labels of one gauge whose value is when they were observed
         self.lora_info = Gauge("tokenmill:lora_requests_info", "Running and waiting requests' LoRA adapters",
                                ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
@@ -89,6 +92,8 @@ class ServerMetrics:
         self.grammar_steps.labels(name).inc(stats.grammar_masked_steps - seen.grammar_masked_steps)
         self.lora_loads.labels(name).inc(stats.lora_loads - seen.lora_loads)
         self.lora_swaps.labels(name).inc(stats.lora_swaps - seen.lora_swaps)
+        self.kv_transfers.labels(name, "pulled").inc(stats.kv_transfers_pulled - seen.kv_transfers_pulled)
+        self.kv_transfers.labels(name, "fallback").inc(stats.kv_transfer_fallbacks - seen.kv_transfer_fallbacks)
         if stats.running_adapters or stats.waiting_adapters or seen.running_adapters or seen.waiting_adapters:
             self.lora_info.clear()
             self.lora_info.labels(str(self.max_loras), ",".join(stats.running_adapters),

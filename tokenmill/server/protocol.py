@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tokenmill.kv_transfer.params import KVTransferParams
 from tokenmill.sampling_params import MAX_LOGPROBS, SamplingParams, SamplingParamsError
 from tokenmill.server.errors import bad_request
 from tokenmill.server.json_depth import MAX_JSON_DEPTH, nests_deeper_than
@@ -61,6 +62,7 @@ class _SamplingRequest(StructuredFields):
     priority: int = 0
     cache_salt: str | None = None  # requests with different salts share no prefix-cache blocks
     logit_bias: dict[str, float] | None = None  # token id (as a string, JSON's keys) -> added to its logit
+    kv_transfer_params: dict | None = None  # disaggregated serving (vLLM's): set by `tokenmill disagg-proxy`
 
     @property
     def include_usage(self) -> bool:
@@ -80,6 +82,7 @@ class _SamplingRequest(StructuredFields):
                 ignore_eos=self.ignore_eos, include_stop_str_in_output=self.include_stop_str_in_output,
                 logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
                 logit_bias=self._logit_bias(limits.vocab_size), structured_outputs=constraint,
+                kv_transfer=self._kv_transfer(),
             )  # fmt: skip
         except SamplingParamsError as exc:
             raise bad_request(str(exc), exc.param) from exc
@@ -103,6 +106,14 @@ class _SamplingRequest(StructuredFields):
         except StructuredOutputsError as exc:
             raise bad_request(str(exc), field) from exc
         return constraint
+
+    def _kv_transfer(self) -> KVTransferParams | None:
+        if self.kv_transfer_params is None:
+            return None
+        try:
+            return KVTransferParams.from_json(self.kv_transfer_params)
+        except ValueError as exc:
+            raise bad_request(str(exc), "kv_transfer_params") from exc
 
     def _logit_bias(self, vocab_size: int) -> dict[int, float] | None:
         if not self.logit_bias:

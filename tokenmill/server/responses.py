@@ -49,7 +49,7 @@ def completion_body(run: RequestRun, model: str) -> dict:
         for i, c in enumerate(run.choices)
     ]  # fmt: skip
     return {"id": run.request_id, "object": "text_completion", "created": run.created, "model": model,
-            "choices": choices, "usage": run.usage(), "timings": run.timings()}
+            "choices": choices, "usage": run.usage(), "timings": run.timings(), **run.kv_transfer_field()}
 
 
 def completion_chunk(run: RequestRun, model: str, delta: CompletionDelta, text_offset: int) -> dict:
@@ -90,7 +90,7 @@ def chat_body(run: RequestRun, model: str, tool_format: ToolCallFormat | None) -
         choices.append({"index": i, "message": message, "finish_reason": finish_reason, "stop_reason": c.stop_reason,
                         "logprobs": chat_logprobs(c.logprobs, n) if n is not None else None})
     return {"id": run.request_id, "object": "chat.completion", "created": run.created, "model": model,
-            "choices": choices, "usage": run.usage(), "timings": run.timings()}
+            "choices": choices, "usage": run.usage(), "timings": run.timings(), **run.kv_transfer_field()}
 
 
 def _tool_message(content: str, calls: list[ToolCall]) -> dict:
