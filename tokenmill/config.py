@@ -360,9 +360,6 @@ class EngineConfig:
         path = Path(model) if model is not None else default_model_path()
         parsed_device = ModelConfig.parse_device(device)
         _check_choice("quantization", quantization or "none", QUANTIZATION_CHOICES)
-        if tensor_parallel_size > 1 and quantization == "auto":
-            logger.info("auto: quantization none (tensor parallelism splits unquantized weights for now)")
-            quantization = "none"
         mode = choose_mode(path, parsed_device, dtype, quantization or "none", kv_cache_dtype)
         for reason in mode.reasons:
             logger.info("auto: %s", reason)

@@ -95,3 +95,27 @@ def test_preemption_under_three_ranks_keeps_one_process_greedy_tokens(make_llm):
 
     expected = outputs(make_llm(), PROMPTS, max_tokens=40)
     assert run_split(None, 3, PROMPTS, inspect=preempted, max_tokens=40, kv_cache_memory=4 * 2**20) == expected
+
+
+@pytest.mark.parametrize("quantization", ["gguf", "int4"])
+def test_quantized_weights_under_three_ranks_keep_one_process_greedy_tokens(make_llm, quantization):
+    """Each rank's part of every quantized matrix is cut in its packed form (the GGUF file's own
+    Q4_1 blocks), or quantized at load time from its float part (int4's groups of 32 input columns
+    fall whole on each rank, so its scales are one process's); the row-parallel layers and the
+    embedding keep their all-reduce around the quantized product. (int8 at load time scales each
+    output row by its maximum, which a row-parallel rank sees only part of: its tokens may differ.)"""
+    def quantized(llm):
+        from tokenmill.quant.linear import QuantLinear
+
+        o_proj = llm.engine.runner.model.model.layers[0].self_attn.o_proj
+        assert isinstance(o_proj.product, QuantLinear) and o_proj.weight is None
+
+    expected = outputs(make_llm(quantization=quantization), PROMPTS)
+    assert run_split(None, 3, PROMPTS, inspect=quantized, quantization=quantization) == expected
+
+
+def test_a_quantized_column_split_that_cuts_groups_is_refused():
+    from tokenmill.quant.tensor import quantize_int4
+
+    with pytest.raises(ValueError, match="cut the matrix's groups of 32"):
+        quantize_int4(torch.randn(4, 128), 32).narrow(1, 16, 64)

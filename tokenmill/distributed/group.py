@@ -96,7 +96,12 @@ def connect(rank: int, parallel: ParallelConfig, master_addr: str, master_port: 
     store = dist.TCPStore(master_addr, master_port, size, is_master=rank == 0, timeout=CONNECT_TIMEOUT)
     world = RankGroup.on_store(store, "world", rank, size, device)
     stage = rank // tp_size
-    tensor = world if tp_size == size else RankGroup.on_store(store, f"stage{stage}", rank % tp_size, tp_size, device)
+    if tp_size == size:
+        tensor = world
+    elif tp_size == 1:
+        tensor = SINGLE  # a stage of one rank: nothing to reduce
+    else:
+        tensor = RankGroup.on_store(store, f"stage{stage}", rank % tp_size, tp_size, device)
     return world, TensorParallel(tensor), PipelineParallel(world, stage, parallel.pipeline_parallel_size, tp_size)
 
 

@@ -157,6 +157,7 @@ class LlamaForCausalLM(nn.Module):
                 raise KeyError(f"checkpoint weight {name!r} has no place in {type(self).__name__}")
             try:
                 if isinstance(tensor, QuantizedTensor):
+                    tensor = self._rank_part(target, shard, tensor)
                     check_shape(self._destination(target, shard), tensor, "quantized matrix")
                     quantized.setdefault(target.removesuffix(".weight"), {})[shard] = tensor
                 else:
@@ -197,6 +198,12 @@ class LlamaForCausalLM(nn.Module):
             loader(param, tensor)
         else:
             loader(param, tensor, shard)
+
+    def _rank_part(self, target: str, shard: str | None, tensor: QuantizedTensor) -> QuantizedTensor:
+        """This tensor-parallel rank's part of a quantized checkpoint matrix, cut in its packed form."""
+        if self.tp.size == 1:
+            return tensor
+        return self.get_submodule(target.rpartition(".")[0]).rank_part(tensor, shard)
 
     def _destination(self, target: str, shard: str | None) -> torch.Tensor:
         param = self.get_parameter(target)

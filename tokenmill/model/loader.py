@@ -54,9 +54,6 @@ def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel(),
         arch, weights, tokenizer = _open_gguf(path, keep_quantized=cfg.quantization == "gguf")
     else:
         raise FileNotFoundError(f"model not found: {path} is neither a GGUF file nor a model directory")
-    if tp.size > 1 and cfg.quantization != "none":
-        raise ValueError(f"quantization {cfg.quantization!r} is not yet supported with tensor_parallel_size "
-                         f"{tp.size}; use quantization none")
     model = build_model(arch, tp, pp)
     quantized = model.load_weights(weights)
     kernel = QuantMatmul.load() if cfg.device.type == "cpu" else None

@@ -9,7 +9,9 @@
   contributes zeros for tokens outside its rows), the logits gathered side by side.
 
 With one rank each is its plain counterpart: same parameters, same products, no communication.
-Each parameter's weight_loader takes the whole checkpoint tensor and keeps this rank's part.
+Each parameter's weight_loader takes the whole checkpoint tensor and keeps this rank's part;
+`rank_part` cuts a quantized matrix the same way, in its packed form. Quantization swaps the
+product of a layer that communicates (`quantized`), so that its all-reduce stays.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from tokenmill.distributed.group import TensorParallel
 from tokenmill.model.layers import Linear, MergedLinear, check_shape
+from tokenmill.quant.tensor import QuantizedTensor
 
 
 class ShardedMergedLinear(MergedLinear):
@@ -45,6 +48,9 @@ class ShardedMergedLinear(MergedLinear):
         """This rank's rows of a shard's checkpoint matrix (all of its rows, with one rank)."""
         return loaded.narrow(0, self.sources[shard_id][1], self.shard_rows(shard_id)[1])
 
+    def rank_part(self, loaded: QuantizedTensor, shard_id: str | None) -> QuantizedTensor:
+        return loaded if shard_id is None else self.output_part(loaded, shard_id)
+
 
 class RowParallelLinear(Linear):
     """This rank's input columns [first, first + in_features) of a checkpoint matrix; the outputs
@@ -54,6 +60,7 @@ class RowParallelLinear(Linear):
         super().__init__(in_features, out_features, bias=False)
         self.first_column, self.tp = first_column, tp
         self.weight.weight_loader = self.weight_loader
+        self.product: nn.Module | None = None  # a quantized layer computing the partial product in its place
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         check_shape(torch.Size([self.out_features, self.in_features * self.tp.size]), loaded, "tensor")
@@ -63,7 +70,7 @@ class RowParallelLinear(Linear):
 
     def partial(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's part of the product, before the sum over ranks (where LoRA adds its own)."""
-        return super().forward(x)
+        return super().forward(x) if self.product is None else self.product(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tp.all_reduce(self.partial(x))
@@ -71,6 +78,17 @@ class RowParallelLinear(Linear):
     def input_part(self, loaded: torch.Tensor) -> torch.Tensor:
         """This rank's input columns of a [rows, in_features * ranks] checkpoint matrix."""
         return loaded.narrow(1, self.first_column, self.in_features)
+
+    def rank_part(self, loaded: QuantizedTensor, shard_id: None = None) -> QuantizedTensor:
+        return self.input_part(loaded)
+
+    def quantized(self, layer: nn.Module) -> nn.Module:
+        """What replaces this layer once quantized: the quantized layer itself with one rank; else
+        this layer, its float weight dropped, computing its part with the quantized layer."""
+        if self.tp.size == 1:
+            return layer
+        self.product, self.weight = layer, None
+        return self
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -80,16 +98,29 @@ class VocabParallelEmbedding(nn.Embedding):
         self.vocab_size, self.tp = vocab_size, tp
         self.weight.weight_loader = self.weight_loader
 
+        self.lookup: nn.Module | None = None  # a quantized embedding reading the rows in its place
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         load_vocab_rows(param, loaded, self.first, self.vocab_size)
+
+    def rank_part(self, loaded: QuantizedTensor, shard_id: None = None) -> QuantizedTensor:
+        return quantized_vocab_rows(loaded, self.first, self.num_embeddings, self.vocab_size, self.tp)
+
+    def quantized(self, embedding: nn.Module) -> nn.Module:
+        """As RowParallelLinear.quantized: with several ranks, this layer reading its rows from embedding."""
+        if self.tp.size == 1:
+            return embedding
+        self.lookup, self.weight = embedding, None
+        return self
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
             return super().forward(input_ids)
         local = input_ids - self.first
         mine = (local >= 0) & (local < self.num_embeddings)
-        out = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight) * mine.unsqueeze(-1)
-        return self.tp.all_reduce(out)
+        local = local.clamp(0, self.num_embeddings - 1)
+        rows = F.embedding(local, self.weight) if self.lookup is None else self.lookup(local)
+        return self.tp.all_reduce(rows * mine.unsqueeze(-1))
 
 
 class ParallelLMHead(Linear):
@@ -105,11 +136,23 @@ class ParallelLMHead(Linear):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         load_vocab_rows(param, loaded, self.first, self.vocab_size)
 
+    def rank_part(self, loaded: QuantizedTensor, shard_id: None = None) -> QuantizedTensor:
+        return quantized_vocab_rows(loaded, self.first, self.out_features, self.vocab_size, self.tp)
 
 
 def gather_logits(local: torch.Tensor, vocab_size: int, tp: TensorParallel) -> torch.Tensor:
     """Every rank's vocabulary rows' logits side by side, the padding past the vocabulary cut."""
     return tp.all_gather(local)[..., :vocab_size]
+
+
+def quantized_vocab_rows(loaded: QuantizedTensor, first: int, rows: int, vocab_size: int,
+                         tp: TensorParallel) -> QuantizedTensor:  # fmt: skip
+    """A quantized [vocab, hidden] matrix's rows [first, first + rows): where the ranks do not
+    divide the vocabulary, no padding rows can be made in the packed form."""
+    if vocab_size % tp.size:
+        raise ValueError(f"the tensor-parallel size does not divide the vocabulary ({vocab_size} tokens): a "
+                         "quantized embedding cannot be split; use quantization none")
+    return loaded.narrow(0, first, rows)
 
 
 def load_vocab_rows(param: nn.Parameter, loaded: torch.Tensor, first: int, vocab_size: int) -> None:

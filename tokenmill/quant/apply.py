@@ -44,12 +44,14 @@ def install_quantized(model: nn.Module, weights: dict[str, QuantizedTensor], ker
         layer = TritonQuantLinear(pack_for_gpu(weight), bias) if gpu else QuantLinear(pack(weight), bias, kernel)
         if hasattr(module, "shard_ids"):  # a merged layer's shards stay known (LoRA places its deltas by them)
             layer.shard_ids, layer.output_sizes = module.shard_ids, module.output_sizes
+        # a tensor-parallel layer that communicates keeps doing so around the quantized product
+        replace = getattr(module, "quantized", lambda quantized: quantized)
         if isinstance(module, nn.Embedding):
-            _replace(model, name, QuantEmbedding(layer))
+            _replace(model, name, replace(QuantEmbedding(layer)))
             for linear in ties.get(name, []):
                 _replace(model, linear, layer)
         else:
-            _replace(model, name, layer)
+            _replace(model, name, replace(layer))
 
 
 def _tied_linears(model: nn.Module) -> dict[str, list[str]]:

@@ -39,6 +39,19 @@ class QuantizedTensor:
         offset = None if self.offset is None else fn(self.offset)
         return QuantizedTensor(fn(self.q), fn(self.scale), offset, self.bits)
 
+    def narrow(self, dim: int, start: int, length: int) -> QuantizedTensor:
+        """Rows (dim 0) or columns (dim 1, whole groups only) [start, start + length), as
+        torch.Tensor.narrow: a tensor-parallel rank's part, still packed."""
+        if dim == 0:
+            return self.map_rows(lambda t: t.narrow(0, start, length))
+        group = self.group
+        if start % group or length % group:
+            raise ValueError(f"columns [{start}, {start + length}) cut the matrix's groups of {group}: this split "
+                             "cannot keep its quantized form")
+        offset = None if self.offset is None else self.offset.narrow(1, start // group, length // group)
+        return QuantizedTensor(self.q.narrow(1, start, length), self.scale.narrow(1, start // group, length // group),
+                               offset, self.bits)
+
     def with_group(self, group: int) -> QuantizedTensor:
         """The same values with a smaller group that divides this one (scales repeated)."""
         repeat = self.group // group
