@@ -312,8 +312,9 @@ class EngineConfig:
         if self.scheduler.num_lookahead_tokens < needed:
             raise ValueError(f"speculative method {self.speculative.method!r} writes {needed} tokens' KV ahead: "
                              f"the scheduler must keep num_lookahead_tokens >= {needed}")
-        if self.parallel.pipeline_parallel_size > 1 and (self.speculative is not None or self.lora is not None):
-            raise ValueError("speculative decoding and LoRA adapters do not run with pipeline_parallel_size > 1 yet")
+        if self.parallel.pipeline_parallel_size > 1 and self.speculative is not None and self.speculative.method != "ngram":
+            raise ValueError(f"with pipeline_parallel_size > 1 the last stage proposes alone: speculative method "
+                             f"'ngram' only for now, not {self.speculative.method!r}")
         if self.kv_transfer.kv_role is not None and self.parallel.world_size > 1:
             raise ValueError("kv_role (disaggregated prefill/decode) runs on one rank for now, not with tensor or "
                              "pipeline parallelism")

@@ -14,6 +14,16 @@ def outputs(llm: LLM, prompts: list[str], max_tokens: int = 24) -> list[list[int
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
+def single_process_outputs(model: str | None, prompts: list[str], **options) -> list[list[int]]:
+    """One process's greedy tokens, its engine gone before a split one starts."""
+    single = LLM(model, **{**OPTIONS, **options})
+    try:
+        return outputs(single, prompts)
+    finally:
+        del single
+        gc.collect()
+
+
 def workers() -> list[psutil.Process]:
     """This process's worker processes still running."""
     running = []

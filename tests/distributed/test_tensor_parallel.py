@@ -8,7 +8,7 @@ import gc
 import pytest
 import torch
 
-from tests.distributed.split import OPTIONS, outputs, run_split
+from tests.distributed.split import OPTIONS, outputs, run_split, single_process_outputs
 from tests.model.test_logits_match_transformers import PROMPTS
 from tokenmill import LLM, SamplingParams
 
@@ -18,12 +18,7 @@ def test_three_ranks_give_one_process_greedy_tokens(make_llm):
 
 
 def test_two_ranks_replicate_a_single_kv_head(one_kv_head_model):
-    single = LLM(one_kv_head_model, **OPTIONS)
-    try:
-        expected = outputs(single, PROMPTS)
-    finally:
-        del single
-        gc.collect()
+    expected = single_process_outputs(one_kv_head_model, PROMPTS)
     assert run_split(one_kv_head_model, 2, PROMPTS) == expected
 
 
@@ -34,12 +29,7 @@ def test_sizes_the_heads_do_not_allow_are_refused():
 
 @pytest.mark.skipif(torch.cuda.device_count() < 3, reason="needs 3 GPUs: the same split over NCCL")
 def test_three_gpus_over_nccl_give_one_gpus_greedy_tokens():
-    single = LLM(device="cuda", **OPTIONS)
-    try:
-        expected = outputs(single, PROMPTS)
-    finally:
-        del single
-        gc.collect()
+    expected = single_process_outputs(None, PROMPTS, device="cuda")
     assert run_split(None, 3, PROMPTS, device="cuda") == expected
 
 

@@ -18,6 +18,9 @@ def test_a_killed_worker_fails_the_stream_and_later_requests_get_503(tmp_path):
         workers = tp_workers(server)
         assert len(workers) == 2
         chunks = server.running_stream()
+        for rank in "012":  # /metrics reports every rank
+            assert server.metric("tokenmill:rank_steps_total", rank=rank) > 0
+            assert server.metric("tokenmill:rank_collective_bytes_total", rank=rank) > 0
         workers[1].kill()
         server.assert_engine_dead(chunks)
         psutil.wait_procs(workers, timeout=15)

@@ -30,3 +30,5 @@ def test_counters_match_the_requests_sent(server, client):
     assert grew("tokenmill:inter_token_latency_seconds_count") == 4 * len(PROMPTS)  # 5 tokens, 4 gaps each
     for gauge in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
         assert after[(f"tokenmill:{gauge}", label)] == 0
+    rank = (*label, ("pipeline_stage", "0"), ("rank", "0"))  # the one rank, its steps since start
+    assert after[("tokenmill:rank_steps_total", rank)] > 0 and after[("tokenmill:rank_peak_resident_memory_bytes", rank)] > 0

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 from tokenmill.config import EngineConfig
-from tokenmill.distributed.group import PipelineParallel, TensorParallel, connect
+from tokenmill.distributed.group import REPLIES, PipelineParallel, TensorParallel, connect
 from tokenmill.engine.messages import RunnerOutput, SchedulerOutput
+from tokenmill.engine.stats import RankStats
 from tokenmill.model.loader import LoadedModel, load_model
 from tokenmill.runner.model_runner import ModelRunner
 
@@ -58,10 +59,12 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class RunnerCall:
-    """A call every rank makes on its ModelRunner; `method` None ends the workers."""
+    """A call every rank makes on its ModelRunner; `method` None ends the workers. reply: every
+    worker sends rank 0 its result."""
 
     method: str | None
     args: tuple = ()
+    reply: bool = False
 
 
 class Executor:
@@ -77,6 +80,10 @@ class Executor:
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.runner, method)(*args)
+
+    def rank_stats(self) -> list[RankStats]:
+        """Every rank's counters, rank 0's first."""
+        return [self.runner.rank_stats()]
 
     def submit(self, sched: SchedulerOutput) -> None:
         """Starts a step; its output is taken, in order, by take_output."""
@@ -123,6 +130,16 @@ class MultiprocExecutor(Executor):
         with self._workers_checked():
             self._send(RunnerCall(method, args))
             return super().call(method, *args)
+
+    def rank_stats(self) -> list[RankStats]:
+        """Every rank's counters: the workers answer after the steps already sent to them (none
+        once shut down)."""
+        if not self._stop.alive:
+            return []
+        with self._workers_checked():
+            self._send(RunnerCall("rank_stats", reply=True))
+            mine = self.runner.rank_stats()
+            return [mine, *(self.ranks.recv_object(rank, REPLIES) for rank in range(1, self._parallel.world_size))]
 
     def submit(self, sched: SchedulerOutput) -> None:
         with self._workers_checked():

@@ -29,8 +29,11 @@ import torch.distributed as dist
 from tokenmill.config import ParallelConfig
 
 CONNECT_TIMEOUT = datetime.timedelta(minutes=5)  # workers load the model before they join
-# Point-to-point tags: messages with one tag between two ranks arrive in the order sent.
-_SIZE_TAG, _OBJECT_TAG, _ACTIVATION_TAG = 1, 2, 3
+# Point-to-point tags: messages with one tag between two ranks arrive in the order sent. Objects
+# go on a channel, a pair of tags (the size, then the pickle): calls and outputs on one, replies
+# to rank 0's questions on another, so that a reply never overtakes a step's output.
+_ACTIVATION_TAG = 3
+CALLS, REPLIES = (1, 2), (4, 5)
 
 
 @dataclass(frozen=True)
@@ -49,21 +52,18 @@ class RankGroup:
             return cls(rank, size, control, control)
         return cls(rank, size, dist.ProcessGroupNCCL(dist.PrefixStore(f"{name}/tensors", store), rank, size), control)
 
-    def send_object(self, obj: object, dst: int) -> None:
+    def send_object(self, obj: object, dst: int, channel: tuple[int, int] = CALLS) -> None:
         """Sends obj (pickled) to rank dst, without waiting for dst to take it."""
         data = pickle.dumps(obj)
-        self._send(self.control, torch.tensor([len(data)], dtype=torch.int64), dst, _SIZE_TAG)
-        self._send(self.control, torch.frombuffer(bytearray(data), dtype=torch.uint8), dst, _OBJECT_TAG)
+        self._send(self.control, torch.tensor([len(data)], dtype=torch.int64), dst, channel[0])
+        self._send(self.control, torch.frombuffer(bytearray(data), dtype=torch.uint8), dst, channel[1])
 
-    def recv_object(self, src: int) -> object:
-        """The next object rank src sent this rank."""
+    def recv_object(self, src: int, channel: tuple[int, int] = CALLS) -> object:
+        """The next object rank src sent this rank on the channel."""
         size = torch.empty(1, dtype=torch.int64)
-        self.control.recv([size], src, _SIZE_TAG).wait()
-        return self._recv_payload(int(size), src)
-
-    def _recv_payload(self, size: int, src: int) -> object:
-        data = torch.empty(size, dtype=torch.uint8)
-        self.control.recv([data], src, _OBJECT_TAG).wait()
+        self.control.recv([size], src, channel[0]).wait()
+        data = torch.empty(int(size), dtype=torch.uint8)
+        self.control.recv([data], src, channel[1]).wait()
         return pickle.loads(data.numpy().tobytes())
 
     def send_tensor(self, tensor: torch.Tensor, dst: int) -> None:

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from tokenmill.distributed.executor import RunnerCall, WorkerSpec, for_rank, threads_per_rank
-from tokenmill.distributed.group import connect
+from tokenmill.distributed.group import REPLIES, connect
 from tokenmill.log import configure_logging
 from tokenmill.model.loader import load_model
 from tokenmill.runner.model_runner import ModelRunner
@@ -36,7 +36,9 @@ def run(spec: WorkerSpec) -> None:
             world.wait_sent()
             return
         result = getattr(runner, call.method)(*call.args)
-        if call.method == "execute" and reports_outputs:
+        if call.reply:
+            world.send_object(result, 0, REPLIES)
+        elif call.method == "execute" and reports_outputs:
             world.send_object(result, 0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections.abc import Sequence as Seq
 
@@ -16,7 +17,7 @@ from tokenmill.engine.messages import EngineOutput, RunnerOutput, SampleOutput, 
 from tokenmill.engine.request import Request
 from tokenmill.engine.scheduler import Scheduler, shared_prefix_len
 from tokenmill.engine.sequence import Sequence, SequenceStatus
-from tokenmill.engine.stats import EngineStats
+from tokenmill.engine.stats import EngineStats, RankStats
 from tokenmill.engine.stop import check_stop
 from tokenmill.kv.kv_manager import KVCacheManager
 from tokenmill.kv_transfer.connector import DistributedKVConnector
@@ -31,6 +32,7 @@ from tokenmill.structured.manager import StructuredOutputManager
 logger = logging.getLogger(__name__)
 
 _GRAMMAR_WAIT_S = 0.005  # with nothing to run but grammars compiling, how long a step waits for one
+_RANK_STATS_MAX_AGE_S = 1.0  # how stale stats() may report the ranks' counters (asking costs a round trip)
 
 
 class InvalidRequestError(ValueError):
@@ -67,6 +69,8 @@ class LLMEngine:
         self._request_ids = itertools.count()
         self._rejected: list[tuple[str, InvalidRequestError]] = []  # refused after add_request returned
         self._steps_in_flight = 0  # submitted to the executor, output not yet taken
+        self._rank_stats: tuple[RankStats, ...] = ()
+        self._rank_stats_time = -math.inf
 
     def _max_model_len(self, requested: int | None, lookahead: int) -> int:
         """The context limit: the model's, capped so that one sequence (and the slots its draft
@@ -337,7 +341,10 @@ class LLMEngine:
 
     # ---- for tools ---------------------------------------------------------------------------
 
-    def stats(self) -> EngineStats:
+    def stats(self, ranks_max_age_s: float = _RANK_STATS_MAX_AGE_S) -> EngineStats:
+        """The engine's counters; the ranks' as they were at most ranks_max_age_s ago."""
+        if time.monotonic() - self._rank_stats_time >= ranks_max_age_s:
+            self._rank_stats, self._rank_stats_time = tuple(self.executor.rank_stats()), time.monotonic()
         scheduler, kv, cache, lora = self.scheduler, self.kv_manager, self.kv_manager.prefix_cache, self.runner.lora
         transfer = self.kv_transfer
         return EngineStats(
@@ -355,6 +362,7 @@ class LLMEngine:
             waiting_adapters=_adapter_names(scheduler.waiting) if lora is not None else (),
             kv_transfers_pulled=transfer.num_pulled if transfer is not None else 0,
             kv_transfer_fallbacks=transfer.num_fallbacks if transfer is not None else 0,
+            ranks=self._rank_stats,
         )
 
     @torch.inference_mode()

@@ -6,6 +6,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class RankStats:
+    """One rank of a split model (the only one otherwise), since it started."""
+
+    rank: int
+    pipeline_stage: int
+    steps: int  # steps it ran (micro-batches, with pipeline parallelism)
+    collective_calls: int = 0  # its tensor-parallel all-reduces and all-gathers
+    collective_bytes: int = 0  # their payloads
+    collective_seconds: float = 0.0  # time in them, waiting for slower ranks included
+    activation_bytes: int = 0  # what it sent the next pipeline stage
+    peak_resident_bytes: int = 0  # its process's peak resident memory
+
+
+@dataclass(frozen=True)
 class EngineStats:
     num_running: int
     num_waiting: int
@@ -27,6 +41,7 @@ class EngineStats:
     waiting_adapters: tuple[str, ...] = ()  # and of those waiting sequences ask for
     kv_transfers_pulled: int = 0  # disaggregated decode: prompts whose KV came from the prefill instance
     kv_transfer_fallbacks: int = 0  # and those it could not pull, prefilled here instead
+    ranks: tuple[RankStats, ...] = ()  # every rank's, refreshed about once a second
 
     @property
     def spec_acceptance_rate(self) -> float:

@@ -69,7 +69,9 @@ def load_adapter(path: Path, model: nn.Module, max_rank: int) -> LoRAAdapter:
             raise AdapterError(f"{parent}.{module}: lora_A and lora_B must both be present")
         layer_name = f"{parent}.{packed.get(module, module)}"
         layers.setdefault(layer_name, {})[module] = (ab["A"], ab["B"] * scaling)
-    deltas = {name: _fused(model, name, shards, rank) for name, shards in layers.items()}
+    elsewhere = getattr(model, "on_other_stage", lambda name: False)  # layers another pipeline stage holds
+    deltas = {name: _fused(model, name, shards, rank) for name, shards in layers.items()
+              if not elsewhere(f"{name}.weight")}  # fmt: skip
     return LoRAAdapter(rank, deltas)
 
 

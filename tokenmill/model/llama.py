@@ -150,7 +150,7 @@ class LlamaForCausalLM(nn.Module):
         loaded: set[str] = set()
         quantized: dict[str, dict[str | None, QuantizedTensor]] = {}
         for name, tensor in weights:
-            if "rotary_emb" in name or self._is_tied_head(name) or self._on_other_stage(name):
+            if "rotary_emb" in name or self._is_tied_head(name) or self.on_other_stage(name):
                 continue
             target, shard = self._target(name)
             if target not in params:
@@ -168,8 +168,8 @@ class LlamaForCausalLM(nn.Module):
         self._check_complete(params, loaded)
         return {layer: self._stack_quantized(layer, shards) for layer, shards in quantized.items()}
 
-    def _on_other_stage(self, name: str) -> bool:
-        """Whether the weight belongs to a module another pipeline stage holds."""
+    def on_other_stage(self, name: str) -> bool:
+        """Whether the named weight belongs to a module another pipeline stage holds."""
         module = self
         for part in name.split(".")[:-1]:
             child = getattr(module, part, False)  # False: no such part (q_proj, packed in qkv_proj here)

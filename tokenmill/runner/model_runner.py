@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import resource
 import time
 
 import torch
 
 from tokenmill.config import CacheConfig, LoRAConfig, ModelConfig, SpeculativeConfig
 from tokenmill.engine.messages import GrammarBitmask, RunnerOutput, SchedulerOutput, SpecDecodeCounts
+from tokenmill.engine.stats import RankStats
 from tokenmill.lora.manager import LoRAManager
 from tokenmill.model.loader import LoadedModel
 from tokenmill.outputs import Logprob
@@ -53,9 +55,13 @@ class ModelRunner:
         self.input_batch = InputBatch(self.device, self.lora)
         self.speculator: Speculator | None = None
         self.decode_graphs: DecodeGraphs | CudaDecodeGraphs | None = None
+        self.num_steps = 0
 
     def enable_speculation(self, config: SpeculativeConfig, max_model_len: int) -> None:
-        """Builds the proposer (which may load a draft model) once the engine knows its context limit."""
+        """Builds the proposer (which may load a draft model) once the engine knows its context limit;
+        on the last pipeline stage only, which verifies and proposes."""
+        if not self.pp.is_last:
+            return
         from tokenmill.speculative.proposers import make_proposer
 
         self.speculator = Speculator(config, max_model_len, make_proposer(config, self.paged, self.model_config))
@@ -82,6 +88,7 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> RunnerOutput | None:
         """The step's output; None on a pipeline stage before the last, which sends its layers'
         output on to the next stage instead."""
+        self.num_steps += 1
         batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
         if self.lora is not None:
             self.lora.set_step(batch.lora_slots)
@@ -116,6 +123,13 @@ class ModelRunner:
             return None, None, prompt_logprobs, hidden_states
         rows = hidden.index_select(0, batch.logits_indices)
         return self.model.compute_logits(rows), rows, prompt_logprobs, hidden_states
+
+    def rank_stats(self) -> RankStats:
+        tp = self.model.tp
+        comm = tp.stats
+        return RankStats(self.pp.stage * tp.size + tp.rank, self.pp.stage, self.num_steps, comm.calls, comm.bytes,
+                         comm.seconds, self.pp.stats.bytes,
+                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # fmt: skip
 
     def _stage_forward(self, batch: ModelInput) -> torch.Tensor:
         """This stage's layers over the batch: from the tokens on the first (or only) stage, from the

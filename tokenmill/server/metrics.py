@@ -6,7 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from tokenmill.engine.stats import EngineStats
+from tokenmill.engine.stats import EngineStats, RankStats
 from tokenmill.outputs import RequestMetrics
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -64,6 +64,19 @@ class ServerMetrics:
         self.kv_transfers = Counter("tokenmill:kv_transfers", "Disaggregated decode: prompts whose KV was pulled "
                                     "from the prefill instance, or prefilled here instead", [*labels, "result"],
                                     registry=self.registry)  # fmt: skip
+        # every rank of a split model (the one rank otherwise), labelled by its rank and pipeline stage
+        rank_labels = [*labels, "rank", "pipeline_stage"]
+        self.rank_steps = Counter("tokenmill:rank_steps", "Steps (micro-batches) each rank ran", rank_labels,
+                                  registry=self.registry)
+        self.rank_collective_seconds = Counter("tokenmill:rank_collective_seconds", "Seconds each rank spent in "
+                                               "tensor-parallel collectives", rank_labels, registry=self.registry)
+        self.rank_collective_bytes = Counter("tokenmill:rank_collective_bytes", "Bytes each rank's tensor-parallel "
+                                             "collectives carried", rank_labels, registry=self.registry)
+        self.rank_activation_bytes = Counter("tokenmill:rank_activation_bytes", "Bytes each rank sent the next "
+                                             "pipeline stage", rank_labels, registry=self.registry)
+        self.rank_peak_memory = Gauge("tokenmill:rank_peak_resident_memory_bytes", "Each rank's process's peak "
+                                      "resident memory", rank_labels, registry=self.registry)
+        self._seen_ranks: dict[int, RankStats] = {}
         # vLLM's: the adapters in use, as labels of one gauge whose value is when they were observed
         self.lora_info = Gauge("tokenmill:lora_requests_info", "Running and waiting requests' LoRA adapters",
                                ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
@@ -74,6 +87,17 @@ class ServerMetrics:
                                 registry=self.registry)
         self.model_name = model_name
         self._seen = EngineStats(0, 0, 0.0, 0)  # the cumulative counts already added
+
+    def _observe_ranks(self, ranks: tuple[RankStats, ...]) -> None:
+        for rank in ranks:
+            seen = self._seen_ranks.get(rank.rank, RankStats(rank.rank, rank.pipeline_stage, 0))
+            labels = (self.model_name, str(rank.rank), str(rank.pipeline_stage))
+            self.rank_steps.labels(*labels).inc(rank.steps - seen.steps)
+            self.rank_collective_seconds.labels(*labels).inc(rank.collective_seconds - seen.collective_seconds)
+            self.rank_collective_bytes.labels(*labels).inc(rank.collective_bytes - seen.collective_bytes)
+            self.rank_activation_bytes.labels(*labels).inc(rank.activation_bytes - seen.activation_bytes)
+            self.rank_peak_memory.labels(*labels).set(rank.peak_resident_bytes)
+            self._seen_ranks[rank.rank] = rank
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -92,6 +116,7 @@ class ServerMetrics:
         self.grammar_steps.labels(name).inc(stats.grammar_masked_steps - seen.grammar_masked_steps)
         self.lora_loads.labels(name).inc(stats.lora_loads - seen.lora_loads)
         self.lora_swaps.labels(name).inc(stats.lora_swaps - seen.lora_swaps)
+        self._observe_ranks(stats.ranks)
         self.kv_transfers.labels(name, "pulled").inc(stats.kv_transfers_pulled - seen.kv_transfers_pulled)
         self.kv_transfers.labels(name, "fallback").inc(stats.kv_transfer_fallbacks - seen.kv_transfer_fallbacks)
         if stats.running_adapters or stats.waiting_adapters or seen.running_adapters or seen.waiting_adapters:
