@@ -155,3 +155,47 @@ def test_lookahead_slots_are_kept_for_a_drafts_guesses():
     assert kv.block_table(a.seq_id) == [0, 1]
     run_step(sched, out, [a])
     assert kv.block_table(a.seq_id) == [0, 1]  # computed 4 + 3 ahead still held
+
+
+def test_two_steps_in_flight_take_disjoint_halves_of_the_running_sequences():
+    kv = KVCacheManager(16, 4, enable_prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(4, 64, 0), kv, pipeline_depth=2)
+    seqs = [seq(3) for _ in range(4)]
+    for s in seqs:
+        sched.add(s)
+    run_step(sched, sched.schedule(), seqs)  # the four prompts are admitted together
+    first = sched.schedule()
+    second = sched.schedule()  # while the first is in flight
+    assert len(first.num_scheduled_tokens) == len(second.num_scheduled_tokens) == 2
+    assert not set(first.num_scheduled_tokens) & set(second.num_scheduled_tokens)
+    assert sched.schedule().is_empty  # every sequence is in flight
+    run_step(sched, first, seqs)
+    assert set(sched.schedule().num_scheduled_tokens) == set(first.num_scheduled_tokens)
+
+
+def test_a_sequence_waits_for_blocks_held_in_flight_rather_than_preempt_itself():
+    kv = KVCacheManager(3, 4, enable_prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(4, 64, 0), kv, pipeline_depth=2)
+    a, b = seq(4), seq(4)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched, sched.schedule(), [a, b])  # one full block each, one free
+    first = sched.schedule()  # a takes the free block for its next token, and is in flight
+    assert scheduled(first) == [(a.seq_id, 1)] and kv.num_free_blocks == 0
+    second = sched.schedule()  # b needs a block too: only a, in flight, could give one
+    assert second.is_empty and second.preempted_seq_ids == []
+    assert b.status is SequenceStatus.RUNNING and b.num_computed_tokens == 4  # it waits, its KV kept
+
+
+def test_preempted_ids_wait_for_a_step_that_reaches_the_runner():
+    sched, kv = make_scheduler(num_blocks=1, block_size=4, max_tokens=16)
+    a = seq(4)
+    sched.add(a)
+    run_step(sched, sched.schedule(), [a])  # its block is full; the next token needs a second one
+    out = sched.schedule()
+    assert out.is_empty and out.preempted_seq_ids == []  # it preempted itself: the step carries nothing
+    sched.finish(a, "abort")
+    b = seq(2)
+    sched.add(b)
+    out = sched.schedule()
+    assert scheduled(out) == [(b.seq_id, 2)] and out.preempted_seq_ids == [a.seq_id]

@@ -83,6 +83,20 @@ def test_prompts_prefilled_elsewhere_decode_to_one_process_answers(disaggregated
     decode.wait_idle()
 
 
+def test_a_transfer_the_prefill_instance_does_not_hold_is_prefilled_here(disaggregated, make_llm):
+    """A made-up transfer id (or one for another prompt) sent straight to the idle decode
+    instance: the prefill instance says it holds no such KV, and the decode instance prefills."""
+    url, prefill, decode = disaggregated
+    client = openai.OpenAI(base_url=f"{decode.url}/v1", api_key=API_KEY, max_retries=0)
+    prompt_tokens = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=1).usage.prompt_tokens
+    forged = {"transfer_id": "0" * 32, "num_tokens": prompt_tokens}
+    answer = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=16, temperature=0,
+                                       extra_body={"ignore_eos": True, "kv_transfer_params": forged})
+    assert answer.choices[0].text == expected_texts(make_llm, PROMPTS[:1])[0]
+    assert decode.metric("tokenmill:kv_transfers_total", result="fallback") == 1
+    decode.wait_idle()
+
+
 def test_a_killed_prefill_instance_loses_no_request(disaggregated, make_llm):
     url, prefill, decode = disaggregated
     prompts = [f"{p} Tell me more." for p in PROMPTS] * 2

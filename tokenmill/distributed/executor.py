@@ -178,6 +178,8 @@ class MultiprocExecutor(Executor):
             return
         if self._dead_worker() is None:
             try:
+                while self._outputs:  # steps still in flight: the last stage waits to hand their outputs over
+                    self.take_output()
                 self._send(RunnerCall(None))
                 self.ranks.wait_sent()
             except RuntimeError:

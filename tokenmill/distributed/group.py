@@ -28,10 +28,14 @@ import torch.distributed as dist
 
 from tokenmill.config import ParallelConfig
 
-CONNECT_TIMEOUT = datetime.timedelta(minutes=5)  # workers load the model before they join
+CONNECT_TIMEOUT = datetime.timedelta(minutes=5)  # the rendezvous: workers load the model before they join
+# How long a receive may wait. A worker waits for its next call as long as the server idles, so
+# no bound short of this: a peer that dies closes its connections, which fails the wait at once.
+WAIT_TIMEOUT = datetime.timedelta(days=365)
 # Point-to-point tags: messages with one tag between two ranks arrive in the order sent. Objects
 # go on a channel, a pair of tags (the size, then the pickle): calls and outputs on one, replies
-# to rank 0's questions on another, so that a reply never overtakes a step's output.
+# to rank 0's questions on another, so that rank 0 takes a reply without first taking the
+# outputs of the steps still in flight.
 _ACTIVATION_TAG = 3
 CALLS, REPLIES = (1, 2), (4, 5)
 
@@ -47,7 +51,7 @@ class RankGroup:
 
     @classmethod
     def on_store(cls, store: dist.Store, name: str, rank: int, size: int, device: torch.device) -> RankGroup:
-        control = dist.ProcessGroupGloo(dist.PrefixStore(f"{name}/control", store), rank, size, CONNECT_TIMEOUT)
+        control = dist.ProcessGroupGloo(dist.PrefixStore(f"{name}/control", store), rank, size, WAIT_TIMEOUT)
         if device.type != "cuda":
             return cls(rank, size, control, control)
         return cls(rank, size, dist.ProcessGroupNCCL(dist.PrefixStore(f"{name}/tensors", store), rank, size), control)

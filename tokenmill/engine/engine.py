@@ -52,8 +52,9 @@ class LLMEngine:
         self.kv_manager = KVCacheManager(self.runner.num_blocks, config.cache.block_size,
                                          config.cache.enable_prefix_caching)
         self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
-        self.scheduler = Scheduler(config.scheduler, self.kv_manager)
         self.kv_transfer = _kv_transfer(config, self.runner, self.kv_manager)  # disaggregated serving, or None
+        self.scheduler = Scheduler(config.scheduler, self.kv_manager, self.executor.pipeline_depth,
+                                   None if self.kv_transfer is None else self.kv_transfer.pull_prompt)  # fmt: skip
         self.structured = StructuredOutputManager(self.tokenizer, self.arch.vocab_size)
         spec = config.speculative
         if spec is not None:
@@ -110,8 +111,6 @@ class LLMEngine:
         self.requests[request_id] = Request(request_id, token_ids, params, seqs)
         for seq in seqs:
             self._seqs[seq.seq_id] = seq
-            if self.kv_transfer is not None:
-                self.kv_transfer.pull_prompt(seq)
             if params.structured_outputs is not None:  # scheduled once its grammar is compiled
                 seq.status = SequenceStatus.WAITING_FOR_GRAMMAR
                 self.structured.add(seq.seq_id, params.structured_outputs)
@@ -211,7 +210,7 @@ class LLMEngine:
         if self.structured.compiling:
             self._admit_compiled()
         if self.kv_transfer is not None:
-            self.kv_transfer.free_pulled()
+            self.kv_transfer.free_released()
         while self._steps_in_flight < self.executor.pipeline_depth and self._submit_next():
             self._steps_in_flight += 1
         if not self._steps_in_flight:
@@ -246,6 +245,8 @@ class LLMEngine:
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
         for seq_id in sched.preempted_seq_ids:
+            if seq_id not in self._seqs:
+                continue  # ended since (the step that preempted it carried nothing to a runner)
             request = self.requests[self._seqs[seq_id].request_id]
             request.metrics.num_preemptions += 1
             request.prompt_logprob_chunks.clear()  # its prompt is computed again from the start

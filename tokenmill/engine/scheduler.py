@@ -11,13 +11,16 @@ names every block a step fills, so that a preempted sequence, a later turn or an
 can take it back. Each step leaves as a SchedulerOutput of ids and diffs (engine/messages.py).
 
 With pipeline parallelism several steps are in flight at once; a sequence in one of them is not
-scheduled again (nor preempted) until that step's output is back (`update`, oldest step first).
+scheduled again (nor preempted) until that step's output is back (`update`, oldest step first),
+and each step takes at most its share of the running sequences, so that the micro-batches even out.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
+from collections.abc import Callable
 
 from tokenmill.config import SchedulerConfig
 from tokenmill.engine.messages import CachedSequence, NewSequence, RunnerOutput, SchedulerOutput
@@ -26,13 +29,19 @@ from tokenmill.kv.kv_manager import KVCacheManager
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, pipeline_depth: int = 1,
+                 remote_prefix: Callable[[Sequence], None] | None = None) -> None:  # fmt: skip
+        """pipeline_depth: the steps in flight at once. remote_prefix: called as a sequence is first
+        admitted, it may give the sequence blocks already holding its prompt's KV (disaggregated
+        decode pulls them from a prefill instance), as a prefix-cache hit does."""
         self.config = config
         self.kv = kv
+        self.pipeline_depth, self.remote_prefix = pipeline_depth, remote_prefix
         self.waiting: list[Sequence] = []  # sorted by schedule_key
         self.running: list[Sequence] = []  # sorted by schedule_key
         self.num_preemptions = 0
         self._finished_ids: list[int] = []  # ended since the last step, for the runner to forget
+        self._preempted_ids: list[int] = []  # preempted, for the runner to forget, once a step carries them
         self._scheduled: list[tuple[Sequence, int]] = []  # the step being built: sequences and token counts
         self._in_flight: deque[list[tuple[Sequence, int]]] = deque()  # steps sent whose output is not back
         self._busy: set[int] = set()  # the ids of the sequences in those steps
@@ -57,8 +66,9 @@ class Scheduler:
         return self._output(preempted)
 
     def _schedule_running(self, budget: int, preempted: list[Sequence]) -> int:
+        share = math.ceil(len(self.running) / self.pipeline_depth)  # this step's part of the running sequences
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and budget > 0 and len(self._scheduled) < share:
             seq = self.running[i]
             if seq.seq_id in self._busy:
                 i += 1
@@ -69,7 +79,7 @@ class Scheduler:
             else:
                 seq.spec_token_ids = []
             if not self._make_room(seq, num_tokens, preempted):
-                break  # seq itself was preempted: everything after it already was
+                break  # seq was preempted (everything after it already was), or waits for blocks in flight
             self._allocate(seq, num_tokens)
             self._scheduled.append((seq, num_tokens))
             budget -= num_tokens
@@ -78,9 +88,12 @@ class Scheduler:
 
     def _make_room(self, seq: Sequence, num_tokens: int, preempted: list[Sequence]) -> bool:
         """Preempts from the back of the running list (sequences in flight excepted) until seq's new
-        tokens fit; False if seq went."""
+        tokens fit; False if seq went, or if only sequences in flight could make room: seq then
+        waits for their step to come back, keeping its blocks."""
         while not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
             victim = next(s for s in reversed(self.running) if s.seq_id not in self._busy)
+            if victim is seq and self._busy:
+                return False
             self._preempt(victim)
             preempted.append(victim)
             if victim is seq:
@@ -102,6 +115,8 @@ class Scheduler:
                 continue  # its prompt's computing sample is not far enough yet
             if not self._adapter_fits(seq):
                 continue  # every LoRA slot serves running sequences: it waits, the others go on
+            if self.remote_prefix is not None:
+                self.remote_prefix(seq)
             self._take_cached_prefix(seq)
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
@@ -158,10 +173,12 @@ class Scheduler:
         self.add(seq)
 
     def _output(self, preempted: list[Sequence]) -> SchedulerOutput:
-        out = SchedulerOutput(preempted_seq_ids=[s.seq_id for s in preempted])
+        self._preempted_ids += [s.seq_id for s in preempted]
+        out = SchedulerOutput()
         if self._scheduled:  # an empty step reaches no runner: the ids wait for the next one
             out.finished_seq_ids.extend(self._finished_ids)
-            self._finished_ids = []
+            out.preempted_seq_ids.extend(self._preempted_ids)
+            self._finished_ids, self._preempted_ids = [], []
         for seq, num_tokens in self._scheduled:
             out.num_scheduled_tokens[seq.seq_id] = num_tokens
             if seq.spec_token_ids:
