@@ -117,6 +117,41 @@ def cmd_disagg_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    from tokenmill.router.app import serve_router
+    from tokenmill.router.config import RouterConfig
+
+    config = RouterConfig(
+        tuple(args.backend), args.backends_file, args.policy, args.api_key or os.environ.get(API_KEY_ENV),
+        args.health_interval, args.request_timeout, args.balance_abs_threshold, args.balance_rel_threshold,
+        args.cache_threshold, args.session_header,
+    )  # fmt: skip
+    serve_router(config, args.host, args.port)
+    return 0
+
+
+def add_router_args(parser: argparse.ArgumentParser) -> None:
+    from tokenmill.router.config import POLICIES, RouterConfig as R
+
+    parser.add_argument("--backend", action="append", default=[], help="a backend's URL (repeat for each)")
+    parser.add_argument("--backends-file", type=Path, default=None,
+                        help="more backends, one URL a line, re-read at every health check")
+    parser.add_argument("--policy", choices=POLICIES, default=R.policy)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help=f"require this key on /v1 routes (or set {API_KEY_ENV}); "
+                        "it is passed on to the backends")
+    parser.add_argument("--health-interval", type=float, default=R.health_interval_s, help="seconds between checks")
+    parser.add_argument("--request-timeout", type=float, default=R.request_timeout_s)
+    parser.add_argument("--balance-abs-threshold", type=int, default=R.balance_abs_threshold,
+                        help="prefix_aware: in-flight difference past which the least loaded backend wins")
+    parser.add_argument("--balance-rel-threshold", type=float, default=R.balance_rel_threshold,
+                        help="prefix_aware: and the ratio past which it does")
+    parser.add_argument("--cache-threshold", type=float, default=R.cache_threshold,
+                        help="prefix_aware: the share of the prompt a match must cover to count")
+    parser.add_argument("--session-header", default=R.session_header, help="session: the header naming a session")
+
+
 def add_server_args(parser: argparse.ArgumentParser) -> None:
     S = ServerConfig  # its defaults are the flags' defaults
     parser.add_argument("model_tag", nargs="?", type=Path, default=None, help="the model (same as --model)")
@@ -180,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=8000)
     proxy.set_defaults(run=cmd_disagg_proxy, verbose=True)
+
+    router = commands.add_parser("router", help="one OpenAI-compatible API over many backends")
+    add_router_args(router)
+    router.set_defaults(run=cmd_router, verbose=True)
 
     train = commands.add_parser("train-draft", help="train draft heads for speculative decoding (self-distillation)")
     train.add_argument("--model", type=Path, default=None, help="a GGUF file or model directory (default model)")

@@ -9,6 +9,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging(level: int) -> None:
     logging.basicConfig(level=level, format=FORMAT)
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # not a line per request the router sends
 
 
 def tokenmill_level() -> int:

@@ -99,8 +99,8 @@ def _headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_HEADERS}
 
 
-def serve_proxy(config: ProxyConfig, host: str, port: int) -> None:
-    import uvicorn
+def serve_proxy(config: ProxyConfig, host: str, port: int, drain_timeout_s: float = 30.0) -> None:
+    from tokenmill.server.serve import run_app
 
     logger.info("disagg-proxy on %s:%d: prefill %s, decode %s", host, port, config.prefill_url, config.decode_url)
-    uvicorn.run(build_app(config), host=host, port=port, log_level="warning")
+    run_app(build_app(config), host, port, drain_timeout_s, "warning")

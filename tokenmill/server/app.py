@@ -22,7 +22,7 @@ from tokenmill.lora.request import LoRARequest
 from tokenmill.server.adapters import AdapterRegistry
 from tokenmill.server.admission import AdmissionControl
 from tokenmill.server.config import ServerConfig
-from tokenmill.server.errors import APIError, bad_request
+from tokenmill.server.errors import APIError, api_key_check, bad_request, http_error
 from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
 from tokenmill.server.protocol import (
@@ -48,9 +48,9 @@ def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Toke
     app = FastAPI(title="tokenmill", version=tokenmill.__version__, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     app.add_exception_handler(APIError, lambda request, exc: exc.response())
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.include_router(_public_routes(state))
-    app.include_router(_v1_routes(state, tokenizer), dependencies=[Depends(_auth(config.api_key))])
+    app.include_router(_v1_routes(state, tokenizer), dependencies=[Depends(api_key_check(config.api_key))])
     return app
 
 
@@ -215,20 +215,6 @@ async def _stream_chat(run: RequestRun, model: str, include_usage: bool, tool_fo
     except APIError as exc:
         yield responses.sse(exc.body())
     yield responses.sse("[DONE]")
-
-
-def _auth(api_key: str | None) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
-                           "authentication_error", code="invalid_api_key")
-
-    return check
-
-
-def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape too."""
-    return APIError(exc.status_code, str(exc.detail), "invalid_request_error").response()
 
 
 class BodySizeLimit:

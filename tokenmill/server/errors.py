@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 
 class APIError(Exception):
@@ -23,3 +27,19 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param=param)
+
+
+def api_key_check(api_key: str | None) -> Callable[[Request], None]:
+    """A route dependency: with a key set, a request without 'Authorization: Bearer <key>' gets a 401."""
+
+    def check(request: Request) -> None:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
+                           "authentication_error", code="invalid_api_key")
+
+    return check
+
+
+def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the OpenAI shape too."""
+    return APIError(exc.status_code, str(exc.detail), "invalid_request_error").response()

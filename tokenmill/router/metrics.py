@@ -1,0 +1,28 @@
+"""The router's /metrics: each backend's requests by status, latency, retries, health and load."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from tokenmill.router.backends import BackendPool
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tokenmill_router:requests", "Requests sent to each backend, by answer status",
+                                ["backend", "status"], registry=self.registry)
+        self.latency = Histogram("tokenmill_router:request_latency_seconds", "Each backend's time to the end of "
+                                 "its answer", ["backend"], registry=self.registry)
+        self.retries = Counter("tokenmill_router:retries", "Requests sent again to another backend after one "
+                               "failed before its first byte", registry=self.registry)
+        self.healthy = Gauge("tokenmill_router:backend_healthy", "1 while a backend takes requests",
+                             ["backend"], registry=self.registry)
+        self.in_flight = Gauge("tokenmill_router:backend_in_flight", "Requests in flight at each backend",
+                               ["backend"], registry=self.registry)
+
+    def render(self, pool: BackendPool) -> bytes:
+        for backend in pool.backends.values():
+            self.healthy.labels(backend.url).set(int(backend.healthy))
+            self.in_flight.labels(backend.url).set(backend.in_flight)
+        return generate_latest(self.registry)
