@@ -122,10 +122,12 @@ def cmd_router(args: argparse.Namespace) -> int:
     from tokenmill.router.config import RouterConfig
 
     config = RouterConfig(
-        tuple(args.backend), args.backends_file, args.policy, args.api_key or os.environ.get(API_KEY_ENV),
-        args.health_interval, args.request_timeout, args.balance_abs_threshold, args.balance_rel_threshold,
-        args.cache_threshold, args.session_header,
-    )  # fmt: skip
+        backends=tuple(args.backend), backends_file=args.backends_file, policy=args.policy,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV), health_interval_s=args.health_interval,
+        request_timeout_s=args.request_timeout, balance_abs_threshold=args.balance_abs_threshold,
+        balance_rel_threshold=args.balance_rel_threshold, cache_threshold=args.cache_threshold,
+        session_header=args.session_header,
+    )
     serve_router(config, args.host, args.port)
     return 0
 
