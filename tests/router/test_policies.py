@@ -20,6 +20,11 @@ def test_the_prefix_tree_matches_whole_chunks_and_forgets_the_oldest():
     for i in range(20):  # newer prompts push the first one out
         tree.insert(f"{i:03d} " * 40)
     assert tree.num_nodes <= 40 and tree.match(SYSTEM) == 0
+    assert tree.num_nodes == count_nodes(tree.root) - 1  # the count is the tree's
+
+
+def count_nodes(node) -> int:
+    return 1 + sum(count_nodes(child) for child in node.children.values())
 
 
 def test_round_robin_and_least_loaded():

@@ -21,10 +21,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
+from tokenmill.server.errors import passed_headers
+
 logger = logging.getLogger(__name__)
-
-_FORWARDED_HEADERS = ("authorization", "x-request-id")
-
 
 @dataclass(frozen=True)
 class ProxyConfig:
@@ -44,7 +43,7 @@ def build_app(config: ProxyConfig) -> FastAPI:
     app = FastAPI(title="tokenmill disagg-proxy", lifespan=lifespan)
 
     async def generation(request: Request) -> Response:
-        path, headers = request.url.path, _headers(request)
+        path, headers = request.url.path, passed_headers(request)
         body = await request.json()
         params = await _prefill(client, config, path, body, headers)
         decode_body = body if params is None else {**body, "kv_transfer_params": params}
@@ -64,7 +63,7 @@ def build_app(config: ProxyConfig) -> FastAPI:
         return StreamingResponse(chunks(), upstream.status_code, media_type=upstream.headers.get("content-type"))
 
     async def passthrough(request: Request) -> Response:
-        answer = await client.get(config.decode_url + request.url.path, headers=_headers(request))
+        answer = await client.get(config.decode_url + request.url.path, headers=passed_headers(request))
         return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
     for route in ("/v1/completions", "/v1/chat/completions"):
@@ -93,10 +92,6 @@ async def _prefill(client: httpx.AsyncClient, config: ProxyConfig, path: str, bo
             logger.warning("prefill instance answered %d: the decode instance prefills", answer.status_code)
         return None  # a 4xx: the decode instance gives the client the same answer
     return answer.json().get("kv_transfer_params")
-
-
-def _headers(request: Request) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_HEADERS}
 
 
 def serve_proxy(config: ProxyConfig, host: str, port: int, drain_timeout_s: float = 30.0) -> None:

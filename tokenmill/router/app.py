@@ -12,12 +12,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
+import anyio
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 import tokenmill
@@ -25,12 +26,9 @@ from tokenmill.router.backends import Backend, BackendPool
 from tokenmill.router.config import RouterConfig
 from tokenmill.router.metrics import RouterMetrics
 from tokenmill.router.policies import RouteRequest, make_policy
-from tokenmill.server.errors import APIError, api_key_check, bad_request, http_error
+from tokenmill.server.errors import APIError, api_key_check, bad_request, http_error, passed_headers
 
 logger = logging.getLogger(__name__)
-
-_PASSED_HEADERS = ("authorization", "x-request-id")
-
 
 def build_app(config: RouterConfig) -> FastAPI:
     client = httpx.AsyncClient(timeout=httpx.Timeout(config.request_timeout_s, connect=5.0))
@@ -47,7 +45,6 @@ def build_app(config: RouterConfig) -> FastAPI:
         await client.aclose()
 
     app = FastAPI(title="tokenmill router", version=tokenmill.__version__, lifespan=lifespan)
-    app.state.pool = pool
     app.add_exception_handler(APIError, lambda request, exc: exc.response())
     app.add_exception_handler(HTTPException, http_error)
     public, v1 = APIRouter(), APIRouter(dependencies=[Depends(api_key_check(config.api_key))])
@@ -67,13 +64,14 @@ def build_app(config: RouterConfig) -> FastAPI:
     @v1.get("/v1/models")
     async def models(request: Request) -> dict:
         healthy = [b for b in pool.backends.values() if b.healthy]
-        answers = await asyncio.gather(*(client.get(f"{b.url}/v1/models", headers=_headers(request))
+        answers = await asyncio.gather(*(client.get(f"{b.url}/v1/models", headers=passed_headers(request), timeout=5)
                                          for b in healthy), return_exceptions=True)  # fmt: skip
         seen: dict[str, dict] = {}
         for answer in answers:
             if isinstance(answer, httpx.Response) and answer.status_code == 200:
-                for model in answer.json().get("data", []):
-                    seen.setdefault(model["id"], model)
+                with suppress(ValueError, KeyError, TypeError, AttributeError):  # a backend's odd answer: skipped
+                    for model in answer.json()["data"]:
+                        seen.setdefault(model["id"], model)
         return {"object": "list", "data": list(seen.values())}
 
     async def generation(request: Request) -> Response:
@@ -91,7 +89,7 @@ def build_app(config: RouterConfig) -> FastAPI:
                 raise _no_backend(body.get("model"), tried)
             backend = policy.choose(route, candidates)
             tried.add(backend)
-            answer = await _send(client, backend, request.url.path, body, _headers(request), metrics)
+            answer = await _send(client, backend, request.url.path, body, passed_headers(request), metrics)
             if answer is not None:
                 return answer
             pool.take_out(backend, "it failed before answering")
@@ -106,31 +104,34 @@ def build_app(config: RouterConfig) -> FastAPI:
 
 async def _send(client: httpx.AsyncClient, backend: Backend, path: str, body: dict, headers: dict[str, str],
                 metrics: RouterMetrics) -> Response | None:  # fmt: skip
-    """The backend's answer, a stream passed through as it comes; None if the backend failed before
-    the answer's first byte (no connection, a 5xx, or the connection lost before any body)."""
-    start = time.monotonic()
-    backend.in_flight += 1
-    backend.requests += 1
-    upstream = None
+    """The backend's answer, a stream passed through as it comes; None if the backend is down: no
+    connection, a 502/503/504, or the connection lost before the answer's first byte. A backend
+    too slow to answer gets the client a 504 and stays in (it is busy, not gone)."""
+    exchange = _Exchange(backend, metrics)
     try:
-        upstream = await client.send(client.build_request("POST", f"{backend.url}{path}", json=body, headers=headers),
-                                     stream=True)  # fmt: skip
+        request = client.build_request("POST", f"{backend.url}{path}", json=body, headers=headers)
+        upstream = exchange.response = await client.send(request, stream=True)
         metrics.requests.labels(backend.url, str(upstream.status_code)).inc()
-        if upstream.status_code >= 500:
-            raise _FailedBeforeFirstByte
+        if upstream.status_code in (502, 503, 504):
+            raise _BackendDown(f"it answered {upstream.status_code}")
         raw = upstream.aiter_raw()
         media_type = upstream.headers.get("content-type")
         if not body.get("stream"):  # whole, so that the client gets a Content-Length
             content = b"".join([chunk async for chunk in raw])
-            await _close(upstream, backend, metrics, start)
+            await exchange.close()
             return Response(content, upstream.status_code, media_type=media_type)
         first = await anext(raw)  # a stream has begun only once its first bytes are here
-    except (httpx.TransportError, StopAsyncIteration, _FailedBeforeFirstByte) as exc:
+    except (httpx.ConnectTimeout, httpx.TransportError, StopAsyncIteration, _BackendDown) as exc:
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            await exchange.close()
+            return APIError(504, f"the backend did not answer in time: {exc!r}", "server_error",
+                            code="backend_timeout").response()  # fmt: skip
         logger.warning("backend %s failed before answering: %r", backend.url, exc)
-        backend.in_flight -= 1
-        if upstream is not None:
-            await upstream.aclose()
+        await exchange.close()
         return None
+    except BaseException:  # cancelled (the client left, or shutdown): nothing stays counted or open
+        await exchange.close()
+        raise
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -141,20 +142,48 @@ async def _send(client: httpx.AsyncClient, backend: Backend, path: str, body: di
             logger.warning("backend %s failed mid-stream: %r", backend.url, exc)
             error = APIError(502, f"the backend failed mid-stream: {exc}", "server_error", code="backend_failed")
             yield b"\n\ndata: " + json.dumps(error.body()).encode() + b"\n\n"
-        finally:
-            await _close(upstream, backend, metrics, start)
 
-    return StreamingResponse(chunks(), upstream.status_code, media_type=media_type)
+    return _PassedStream(chunks(), upstream.status_code, media_type, exchange)
 
 
-class _FailedBeforeFirstByte(Exception):
+class _BackendDown(Exception):
     pass
 
 
-async def _close(upstream: httpx.Response, backend: Backend, metrics: RouterMetrics, start: float) -> None:
-    await upstream.aclose()
-    backend.in_flight -= 1
-    metrics.latency.labels(backend.url).observe(time.monotonic() - start)
+class _Exchange:
+    """One request at one backend: in flight from its start until closed, once, however it ends."""
+
+    def __init__(self, backend: Backend, metrics: RouterMetrics) -> None:
+        self.backend, self.metrics, self.start = backend, metrics, time.monotonic()
+        self.response: httpx.Response | None = None
+        self.closed = False
+        backend.in_flight += 1
+        backend.requests += 1
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.backend.in_flight -= 1  # first: whatever happens to the await below
+        self.metrics.latency.labels(self.backend.url).observe(time.monotonic() - self.start)
+        if self.response is not None:
+            with anyio.CancelScope(shield=True):  # a cancelled request still gives its connection back
+                await self.response.aclose()
+
+
+class _PassedStream(StreamingResponse):
+    """A backend's stream passed on. Its exchange closes however the response ends: also when the
+    client leaves before the stream starts, when the body's generator never runs."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], status: int, media_type: str | None, exchange: _Exchange) -> None:
+        super().__init__(chunks, status, media_type=media_type)
+        self.exchange = exchange
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.exchange.close()
 
 
 def _prompt_text(body: dict) -> str:
@@ -171,10 +200,6 @@ def _prompt_text(body: dict) -> str:
     return "".join(parts)
 
 
-def _headers(request: Request) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k.lower() in _PASSED_HEADERS}
-
-
 def _no_backend(model: str | None, tried: set[Backend]) -> APIError:
     if tried:
         return APIError(503, f"every backend that serves {model!r} failed", "server_error", code="no_backend")
@@ -185,5 +210,5 @@ def _no_backend(model: str | None, tried: set[Backend]) -> APIError:
 def serve_router(config: RouterConfig, host: str, port: int, drain_timeout_s: float = 30.0) -> None:
     from tokenmill.server.serve import run_app
 
-    logger.info("router on %s:%d over %d backends, policy %s", host, port, len(config.backends), config.policy)
+    logger.info("router on %s:%d, policy %s", host, port, config.policy)
     run_app(build_app(config), host, port, drain_timeout_s, "warning")

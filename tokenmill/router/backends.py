@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -26,7 +27,7 @@ class Backend:
     models: frozenset[str] = frozenset()
     in_flight: int = 0  # requests the router has sent it and not seen end
     requests: int = 0
-    errors: int = 0
+    taken_out_at: float = 0.0  # when a request last found it down: checks begun before do not bring it back
 
     def serves(self, model: str | None) -> bool:
         return model is None or not self.models or model in self.models
@@ -49,8 +50,7 @@ class BackendPool:
     def take_out(self, backend: Backend, reason: str) -> None:
         if backend.healthy:
             logger.warning("backend %s taken out: %s", backend.url, reason)
-        backend.healthy = False
-        backend.errors += 1
+        backend.healthy, backend.taken_out_at = False, time.monotonic()
 
     async def check_all(self) -> None:
         """Re-reads the backends file, then each backend's health and models at once."""
@@ -64,27 +64,33 @@ class BackendPool:
     async def run_checks(self) -> None:
         while True:
             await asyncio.sleep(self.config.health_interval_s)
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:  # a bad backends file, say: the checks go on, the next one reads it again
+                logger.exception("health check failed")
 
     async def _check(self, backend: Backend) -> None:
         headers = {} if self.config.api_key is None else {"Authorization": f"Bearer {self.config.api_key}"}
+        started = time.monotonic()
         try:
             health = await self.client.get(f"{backend.url}/health", timeout=5)
-            models = await self.client.get(f"{backend.url}/v1/models", headers=headers, timeout=5)
-            healthy = health.status_code == 200 and models.status_code == 200
-        except httpx.HTTPError:
-            healthy = False
-        if healthy:
-            backend.models = frozenset(m["id"] for m in models.json().get("data", []))
+            answer = await self.client.get(f"{backend.url}/v1/models", headers=headers, timeout=5)
+            healthy = health.status_code == 200 and answer.status_code == 200
+            models = frozenset(m["id"] for m in answer.json()["data"]) if healthy else backend.models
+        except Exception as exc:  # unreachable, or an answer that is not a model list: down until it is
+            logger.debug("backend %s: %r", backend.url, exc)
+            healthy, models = False, backend.models
+        if healthy and backend.taken_out_at > started:
+            return  # a request found it down while this check ran
         if healthy and not backend.healthy:
-            logger.info("backend %s is up: %s", backend.url, ", ".join(sorted(backend.models)))
+            logger.info("backend %s is up: %s", backend.url, ", ".join(sorted(models)))
         elif not healthy and backend.healthy:
             logger.warning("backend %s failed its health check", backend.url)
-        backend.healthy = healthy
+        backend.healthy, backend.models = healthy, models
 
     def _urls(self) -> list[str]:
         urls = list(self.config.backends)
         if self.config.backends_file is not None and self.config.backends_file.is_file():
-            urls += [line.strip() for line in self.config.backends_file.read_text().splitlines()
-                     if line.strip() and not line.startswith("#")]  # fmt: skip
+            lines = (line.strip() for line in self.config.backends_file.read_text().splitlines())
+            urls += [line for line in lines if line and not line.startswith("#")]
         return [url.rstrip("/") for url in dict.fromkeys(urls)]

@@ -48,17 +48,18 @@ class PrefixTree:
             self._evict(self.num_nodes - self.max_nodes * 3 // 4)
 
     def _evict(self, count: int) -> None:
-        """Forgets the count least recently used chunks, with everything after them."""
+        """Forgets about count of the least recently used chunks, with everything after them (a
+        chunk is never used later than the chunks before it), then counts what is left."""
         nodes = []
-        stack = [(self.root, child_key, child) for child_key, child in self.root.children.items()]
+        stack = [(self.root, key, child) for key, child in self.root.children.items()]
         while stack:
             parent, key, node = stack.pop()
             nodes.append((node.last_used, id(node), parent, key))
             stack.extend((node, k, c) for k, c in node.children.items())
-        for _, _, parent, key in sorted(nodes)[:count]:
-            subtree = parent.children.pop(key, None)
-            if subtree is not None:
-                self.num_nodes -= _size(subtree)
+        nodes.sort(key=lambda n: n[:2])
+        for _, _, parent, key in nodes[:count]:
+            parent.children.pop(key, None)  # under a chunk forgotten already: nothing more to do
+        self.num_nodes = _size(self.root) - 1
 
 
 def _chunks(text: str) -> list[str]:
@@ -67,3 +68,4 @@ def _chunks(text: str) -> list[str]:
 
 def _size(node: _Node) -> int:
     return 1 + sum(_size(child) for child in node.children.values())
+

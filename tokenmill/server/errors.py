@@ -43,3 +43,8 @@ def api_key_check(api_key: str | None) -> Callable[[Request], None]:
 def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method) in the OpenAI shape too."""
     return APIError(exc.status_code, str(exc.detail), "invalid_request_error").response()
+
+
+def passed_headers(request: Request) -> dict[str, str]:
+    """What a front that forwards a request (the router, the disaggregation proxy) passes on."""
+    return {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "x-request-id")}
