@@ -1,3 +1,5 @@
+import gc
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +12,11 @@ from tokenmill import LLM
 from tokenmill.model.default import default_model_path
 from tokenmill.runner.model_runner import ModelRunner
 
-_llms: dict[tuple, LLM] = {}
+# The engines built so far, the most recently used last. Each holds its weights and KV pool (about
+# 1 GB); kept all, the suite's ~25 engine configurations outgrow the machine's memory, so only the
+# last few stay (a test uses at most three at once).
+_llms: OrderedDict[tuple, LLM] = OrderedDict()
+_MAX_LLMS = 4
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,7 +48,11 @@ def make_llm() -> Callable[..., LLM]:
         options = {"dtype": "float32", "quantization": "none", "kv_cache_memory": 256 * 2**20, **kwargs}
         key = tuple(sorted(options.items()))  # the same engine, however its options were spelled
         if key not in _llms:
+            if len(_llms) >= _MAX_LLMS:
+                _llms.popitem(last=False)
+                gc.collect()
             _llms[key] = LLM(**options)
+        _llms.move_to_end(key)
         return _llms[key]
 
     return make

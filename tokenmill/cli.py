@@ -119,20 +119,28 @@ def cmd_disagg_proxy(args: argparse.Namespace) -> int:
 
 def cmd_router(args: argparse.Namespace) -> int:
     from tokenmill.router.app import serve_router
+    from tokenmill.router.cache.config import ResponseCacheConfig
     from tokenmill.router.config import RouterConfig
 
+    cache = ResponseCacheConfig(
+        modes=tuple(m for m in (args.response_cache or "").split(",") if m), opt_in=args.response_cache_opt_in,
+        ttl_s=args.response_cache_ttl, max_entries=args.response_cache_max_entries, file=args.response_cache_file,
+        redis_url=args.response_cache_redis, semantic_threshold=args.semantic_threshold,
+    )
     config = RouterConfig(
         backends=tuple(args.backend), backends_file=args.backends_file, policy=args.policy,
         api_key=args.api_key or os.environ.get(API_KEY_ENV), health_interval_s=args.health_interval,
         request_timeout_s=args.request_timeout, balance_abs_threshold=args.balance_abs_threshold,
         balance_rel_threshold=args.balance_rel_threshold, cache_threshold=args.cache_threshold,
-        session_header=args.session_header,
+        session_header=args.session_header, cache=cache,
     )
     serve_router(config, args.host, args.port)
     return 0
 
 
 def add_router_args(parser: argparse.ArgumentParser) -> None:
+    from tokenmill.router.cache.config import CACHE_MODES, ResponseCacheConfig
+    from tokenmill.router.cache.response_cache import CACHE_HEADER
     from tokenmill.router.config import POLICIES, RouterConfig as R
 
     parser.add_argument("--backend", action="append", default=[], help="a backend's URL (repeat for each)")
@@ -152,6 +160,20 @@ def add_router_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-threshold", type=float, default=R.cache_threshold,
                         help="prefix_aware: the share of the prompt a match must cover to count")
     parser.add_argument("--session-header", default=R.session_header, help="session: the header naming a session")
+    C = ResponseCacheConfig
+    parser.add_argument("--response-cache", default=None, metavar="MODES",
+                        help=f"cache deterministic answers (temperature 0 or a seed): {' or '.join(CACHE_MODES)}, "
+                        "or both, comma-separated (default: no cache)")
+    parser.add_argument("--response-cache-opt-in", action="store_true",
+                        help=f"cache only requests that ask, with the {CACHE_HEADER} header (on, exact, semantic)")
+    parser.add_argument("--response-cache-ttl", type=float, default=C.ttl_s, help="seconds an answer is kept")
+    parser.add_argument("--response-cache-max-entries", type=int, default=C.max_entries)
+    parser.add_argument("--response-cache-file", type=Path, default=None,
+                        help="keep the in-memory cache across restarts in this file")
+    parser.add_argument("--response-cache-redis", default=None, metavar="URL",
+                        help="keep answers in Redis, shared by every router that names it (redis://host:6379/0)")
+    parser.add_argument("--semantic-threshold", type=float, default=C.semantic_threshold,
+                        help="semantic: the cosine similarity at which two questions count as one")
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ def start_backends(tmp_dir: Path, count: int, *args: str) -> list[RunningServer]
         return list(pool.map(lambda _: start_server(tmp_dir, *args), range(count)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # its servers go when the package ends
 def backends(tmp_path_factory) -> Iterator[list[RunningServer]]:
     running = start_backends(tmp_path_factory.mktemp("backends"), 3)
     yield running
@@ -25,7 +25,7 @@ def backends(tmp_path_factory) -> Iterator[list[RunningServer]]:
         backend.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory, backends) -> Iterator[RunningRouter]:
     """The router, prefix-aware: a repeated conversation finds its prompt cached."""
     router = start_router(tmp_path_factory.mktemp("router"), backends, "--policy", "prefix_aware")
@@ -33,6 +33,6 @@ def server(tmp_path_factory, backends) -> Iterator[RunningRouter]:
     router.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)

@@ -23,6 +23,8 @@ from starlette.exceptions import HTTPException
 
 import tokenmill
 from tokenmill.router.backends import Backend, BackendPool
+from tokenmill.router.cache.replay import StreamCapture, wants_usage, with_usage
+from tokenmill.router.cache.response_cache import CACHE_HEADER, CachePlan, ResponseCache
 from tokenmill.router.config import RouterConfig
 from tokenmill.router.metrics import RouterMetrics
 from tokenmill.router.policies import RouteRequest, make_policy
@@ -33,9 +35,12 @@ logger = logging.getLogger(__name__)
 def build_app(config: RouterConfig) -> FastAPI:
     client = httpx.AsyncClient(timeout=httpx.Timeout(config.request_timeout_s, connect=5.0))
     pool, policy, metrics = BackendPool(config, client), make_policy(config), RouterMetrics()
+    cache = ResponseCache.build(config.cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if cache is not None:
+            await cache.start()
         await pool.check_all()
         checks = asyncio.create_task(pool.run_checks())
         yield
@@ -43,6 +48,8 @@ def build_app(config: RouterConfig) -> FastAPI:
         with suppress(asyncio.CancelledError):
             await checks
         await client.aclose()
+        if cache is not None:
+            await cache.close()
 
     app = FastAPI(title="tokenmill router", version=tokenmill.__version__, lifespan=lifespan)
     app.add_exception_handler(APIError, lambda request, exc: exc.response())
@@ -81,6 +88,12 @@ def build_app(config: RouterConfig) -> FastAPI:
             raise bad_request("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
+        plan = cache.plan(request.url.path, body, request.headers.get(CACHE_HEADER)) if cache is not None else None
+        if plan is not None:
+            hit = await cache.lookup(plan)
+            metrics.cache_lookups.labels(hit.kind if hit is not None else "miss").inc()
+            if hit is not None:
+                return hit.response(body)
         route = RouteRequest(_prompt_text(body), request.headers.get(config.session_header) or body.get("user"))
         tried: set[Backend] = set()
         while True:
@@ -89,8 +102,11 @@ def build_app(config: RouterConfig) -> FastAPI:
                 raise _no_backend(body.get("model"), tried)
             backend = policy.choose(route, candidates)
             tried.add(backend)
-            answer = await _send(client, backend, request.url.path, body, passed_headers(request), metrics)
+            keep = _Keeper(cache, plan, metrics) if plan is not None else None
+            answer = await _send(client, backend, request.url.path, body, passed_headers(request), metrics, keep)
             if answer is not None:
+                if cache is not None:
+                    answer.headers[CACHE_HEADER] = "miss" if plan is not None else "bypass"
                 return answer
             pool.take_out(backend, "it failed before answering")
             metrics.retries.inc()
@@ -102,24 +118,44 @@ def build_app(config: RouterConfig) -> FastAPI:
     return app
 
 
+class _Keeper:
+    """Hands an answer that came back whole to the cache."""
+
+    def __init__(self, cache: ResponseCache, plan: CachePlan, metrics: RouterMetrics) -> None:
+        self.cache, self.plan, self.metrics = cache, plan, metrics
+
+    async def keep(self, body: dict) -> None:
+        await self.cache.remember(self.plan, body)
+        self.metrics.cache_stores.inc()
+
+
 async def _send(client: httpx.AsyncClient, backend: Backend, path: str, body: dict, headers: dict[str, str],
-                metrics: RouterMetrics) -> Response | None:  # fmt: skip
+                metrics: RouterMetrics, keeper: _Keeper | None = None) -> Response | None:  # fmt: skip
     """The backend's answer, a stream passed through as it comes; None if the backend is down: no
     connection, a 502/503/504, or the connection lost before the answer's first byte. A backend
-    too slow to answer gets the client a 504 and stays in (it is busy, not gone)."""
+    too slow to answer gets the client a 504 and stays in (it is busy, not gone). With a keeper, an
+    answer that comes back whole (streamed or not) is also cached."""
     exchange = _Exchange(backend, metrics)
+    streamed = bool(body.get("stream"))
+    capture = StreamCapture(pass_usage=wants_usage(body)) if keeper is not None and streamed else None
     try:
-        request = client.build_request("POST", f"{backend.url}{path}", json=body, headers=headers)
+        sent = with_usage(body) if capture is not None else body  # a stream is put together with its usage
+        request = client.build_request("POST", f"{backend.url}{path}", json=sent, headers=headers)
         upstream = exchange.response = await client.send(request, stream=True)
         metrics.requests.labels(backend.url, str(upstream.status_code)).inc()
         if upstream.status_code in (502, 503, 504):
             raise _BackendDown(f"it answered {upstream.status_code}")
         raw = upstream.aiter_raw()
         media_type = upstream.headers.get("content-type")
-        if not body.get("stream"):  # whole, so that the client gets a Content-Length
+        if not streamed:  # whole, so that the client gets a Content-Length
             content = b"".join([chunk async for chunk in raw])
             await exchange.close()
+            if keeper is not None and upstream.status_code == 200:
+                with suppress(ValueError):  # an answer that is not JSON is passed on, not cached
+                    await keeper.keep(json.loads(content))
             return Response(content, upstream.status_code, media_type=media_type)
+        if capture is not None and upstream.status_code == 200:
+            raw = capture.events(raw)
         first = await anext(raw)  # a stream has begun only once its first bytes are here
     except (httpx.ConnectTimeout, httpx.TransportError, StopAsyncIteration, _BackendDown) as exc:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
@@ -138,6 +174,8 @@ async def _send(client: httpx.AsyncClient, backend: Backend, path: str, body: di
             yield first
             async for chunk in raw:
                 yield chunk
+            if capture is not None and (whole := capture.body()) is not None:
+                await keeper.keep(whole)
         except httpx.HTTPError as exc:  # begun: too late for another backend, so the stream ends in an error
             logger.warning("backend %s failed mid-stream: %r", backend.url, exc)
             error = APIError(502, f"the backend failed mid-stream: {exc}", "server_error", code="backend_failed")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tokenmill.router.cache.config import ResponseCacheConfig
 
 POLICIES = ("round_robin", "least_loaded", "prefix_aware", "model_aware", "session")
 
@@ -23,6 +25,7 @@ class RouterConfig:
     balance_rel_threshold: float = 1.5
     cache_threshold: float = 0.3
     session_header: str = "x-session-id"  # session: requests with one value (or one `user`) share a backend
+    cache: ResponseCacheConfig = field(default_factory=ResponseCacheConfig)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

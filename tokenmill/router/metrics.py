@@ -16,6 +16,10 @@ class RouterMetrics:
                                  "its answer", ["backend"], registry=self.registry)
         self.retries = Counter("tokenmill_router:retries", "Requests sent again to another backend after one "
                                "failed before its first byte", registry=self.registry)
+        self.cache_lookups = Counter("tokenmill_router:cache_lookups", "Cacheable requests, by what the response "
+                                     "cache answered: exact, semantic or miss", ["result"], registry=self.registry)
+        self.cache_stores = Counter("tokenmill_router:cache_stores", "Answers kept by the response cache",
+                                    registry=self.registry)
         self.healthy = Gauge("tokenmill_router:backend_healthy", "1 while a backend takes requests",
                              ["backend"], registry=self.registry)
         self.in_flight = Gauge("tokenmill_router:backend_in_flight", "Requests in flight at each backend",
