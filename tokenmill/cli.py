@@ -120,6 +120,7 @@ def cmd_disagg_proxy(args: argparse.Namespace) -> int:
 def cmd_router(args: argparse.Namespace) -> int:
     from tokenmill.router.app import serve_router
     from tokenmill.router.cache.config import ResponseCacheConfig
+    from tokenmill.router.cascade import CascadeConfig
     from tokenmill.router.config import RouterConfig
 
     cache = ResponseCacheConfig(
@@ -127,12 +128,15 @@ def cmd_router(args: argparse.Namespace) -> int:
         ttl_s=args.response_cache_ttl, max_entries=args.response_cache_max_entries, file=args.response_cache_file,
         redis_url=args.response_cache_redis, semantic_threshold=args.semantic_threshold,
     )
+    cascade = None
+    if args.cascade:
+        cascade = CascadeConfig.parse(args.cascade, name=args.cascade_name, min_mean_logprob=args.cascade_threshold)
     config = RouterConfig(
         backends=tuple(args.backend), backends_file=args.backends_file, policy=args.policy,
         api_key=args.api_key or os.environ.get(API_KEY_ENV), health_interval_s=args.health_interval,
         request_timeout_s=args.request_timeout, balance_abs_threshold=args.balance_abs_threshold,
         balance_rel_threshold=args.balance_rel_threshold, cache_threshold=args.cache_threshold,
-        session_header=args.session_header, cache=cache,
+        session_header=args.session_header, cache=cache, cascade=cascade,
     )
     serve_router(config, args.host, args.port)
     return 0
@@ -141,6 +145,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 def add_router_args(parser: argparse.ArgumentParser) -> None:
     from tokenmill.router.cache.config import CACHE_MODES, ResponseCacheConfig
     from tokenmill.router.cache.response_cache import CACHE_HEADER
+    from tokenmill.router.cascade import CascadeConfig as K
     from tokenmill.router.config import POLICIES, RouterConfig as R
 
     parser.add_argument("--backend", action="append", default=[], help="a backend's URL (repeat for each)")
@@ -174,6 +179,12 @@ def add_router_args(parser: argparse.ArgumentParser) -> None:
                         help="keep answers in Redis, shared by every router that names it (redis://host:6379/0)")
     parser.add_argument("--semantic-threshold", type=float, default=C.semantic_threshold,
                         help="semantic: the cosine similarity at which two questions count as one")
+    parser.add_argument("--cascade", default=None, metavar="SMALL,LARGE",
+                        help="a model cascade: requests for --cascade-name go to SMALL, and to LARGE when "
+                        "SMALL's answer is not confident enough")
+    parser.add_argument("--cascade-name", default=K.name, help="the model name that asks for the cascade")
+    parser.add_argument("--cascade-threshold", type=float, default=K.min_mean_logprob,
+                        help="the mean token log-probability at which the small model's answer stands")
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ import tokenmill
 from tokenmill.router.backends import Backend, BackendPool
 from tokenmill.router.cache.replay import StreamCapture, wants_usage, with_usage
 from tokenmill.router.cache.response_cache import CACHE_HEADER, CachePlan, ResponseCache
+from tokenmill.router.cascade import cascade
 from tokenmill.router.config import RouterConfig
 from tokenmill.router.metrics import RouterMetrics
 from tokenmill.router.policies import RouteRequest, make_policy
@@ -79,6 +80,9 @@ def build_app(config: RouterConfig) -> FastAPI:
                 with suppress(ValueError, KeyError, TypeError, AttributeError):  # a backend's odd answer: skipped
                     for model in answer.json()["data"]:
                         seen.setdefault(model["id"], model)
+        if config.cascade is not None and {config.cascade.small, config.cascade.large} <= seen.keys():
+            seen[config.cascade.name] = {"id": config.cascade.name, "object": "model", "owned_by": "tokenmill-router",
+                                         "created": seen[config.cascade.large].get("created")}  # fmt: skip
         return {"object": "list", "data": list(seen.values())}
 
     async def generation(request: Request) -> Response:
@@ -94,6 +98,26 @@ def build_app(config: RouterConfig) -> FastAPI:
             metrics.cache_lookups.labels(hit.kind if hit is not None else "miss").inc()
             if hit is not None:
                 return hit.response(body)
+        headers, path = passed_headers(request), request.url.path
+        keeper = _Keeper(cache, plan, metrics) if plan is not None else None
+
+        async def forward(sent: dict, final: bool = True) -> Response:
+            return await _route(sent, path, headers, request, keeper if final else None)
+
+        if config.cascade is not None and body.get("model") == config.cascade.name:
+            answer, outcome = await cascade(config.cascade, body, forward)
+            metrics.count_cascade(outcome)
+            if keeper is not None and outcome.small_answer is not None:
+                await keeper.keep(outcome.small_answer)
+        else:
+            answer = await forward(body)
+        if cache is not None:
+            answer.headers[CACHE_HEADER] = "miss" if plan is not None else "bypass"
+        return answer
+
+    async def _route(body: dict, path: str, headers: dict[str, str], request: Request, keeper: _Keeper | None,
+                     ) -> Response:  # fmt: skip
+        """The answer of a backend chosen by the policy, retried on another while one fails before answering."""
         route = RouteRequest(_prompt_text(body), request.headers.get(config.session_header) or body.get("user"))
         tried: set[Backend] = set()
         while True:
@@ -102,11 +126,8 @@ def build_app(config: RouterConfig) -> FastAPI:
                 raise _no_backend(body.get("model"), tried)
             backend = policy.choose(route, candidates)
             tried.add(backend)
-            keep = _Keeper(cache, plan, metrics) if plan is not None else None
-            answer = await _send(client, backend, request.url.path, body, passed_headers(request), metrics, keep)
+            answer = await _send(client, backend, path, body, headers, metrics, keeper)
             if answer is not None:
-                if cache is not None:
-                    answer.headers[CACHE_HEADER] = "miss" if plan is not None else "bypass"
                 return answer
             pool.take_out(backend, "it failed before answering")
             metrics.retries.inc()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenmill.router.cache.config import ResponseCacheConfig
+from tokenmill.router.cascade import CascadeConfig
 
 POLICIES = ("round_robin", "least_loaded", "prefix_aware", "model_aware", "session")
 
@@ -26,6 +27,7 @@ class RouterConfig:
     cache_threshold: float = 0.3
     session_header: str = "x-session-id"  # session: requests with one value (or one `user`) share a backend
     cache: ResponseCacheConfig = field(default_factory=ResponseCacheConfig)
+    cascade: CascadeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

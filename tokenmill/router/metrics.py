@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tokenmill.router.backends import BackendPool
+from tokenmill.router.cascade import CascadeOutcome
 
 
 class RouterMetrics:
@@ -20,10 +21,22 @@ class RouterMetrics:
                                      "cache answered: exact, semantic or miss", ["result"], registry=self.registry)
         self.cache_stores = Counter("tokenmill_router:cache_stores", "Answers kept by the response cache",
                                     registry=self.registry)
+        self.cascade_requests = Counter("tokenmill_router:cascade_requests", "Requests for the cascade, by the "
+                                        "model that answered: small, or large (escalated)", ["answered_by"],
+                                        registry=self.registry)  # fmt: skip
+        self.cascade_small_tokens = Counter("tokenmill_router:cascade_small_tokens", "Prompt and completion "
+                                            "tokens of the small model's answers, by what became of them: used "
+                                            "(the large model's tokens saved) or discarded (escalated)",
+                                            ["outcome"], registry=self.registry)  # fmt: skip
         self.healthy = Gauge("tokenmill_router:backend_healthy", "1 while a backend takes requests",
                              ["backend"], registry=self.registry)
         self.in_flight = Gauge("tokenmill_router:backend_in_flight", "Requests in flight at each backend",
                                ["backend"], registry=self.registry)
+
+    def count_cascade(self, outcome: CascadeOutcome) -> None:
+        self.cascade_requests.labels(outcome.answered_by).inc()
+        used = outcome.answered_by == "small"
+        self.cascade_small_tokens.labels("used" if used else "discarded").inc(outcome.small_tokens)
 
     def render(self, pool: BackendPool) -> bytes:
         for backend in pool.backends.values():
