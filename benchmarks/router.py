@@ -18,10 +18,7 @@ import argparse
 import asyncio
 import datetime
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -56,32 +53,19 @@ def mixed_length_requests(round_: int) -> list[ChatRequest]:
                          + f"Summarize item {i} in one line."}], 32) for i in range(48)]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(policy: str, round_: int, logs: Path) -> dict[str, float]:
     backends = [LocalServer.launch(["--kv-cache-memory", str(256 * 2**20)], logs / f"{policy}-{round_}-{i}.log")
                 for i in range(3)]  # fmt: skip
-    port = free_port()
-    router = subprocess.Popen([sys.executable, "-m", "tokenmill", "router", "--port", str(port), "--policy", policy,
-                               *(a for b in backends for a in ("--backend", b.url))],
-                              stdout=(logs / f"router-{policy}-{round_}.log").open("w"), stderr=subprocess.STDOUT)
+    for backend in backends:
+        backend.wait_ready()
+    router = LocalServer.launch_router(backends, logs / f"router-{policy}-{round_}.log", "--policy", policy)
     try:
-        for backend in backends:
-            backend.wait_ready()
-        url = f"http://127.0.0.1:{port}"
-        LocalServer(url, router, None).wait_ready()
-        target = Target(f"{url}/v1", DEFAULT_MODEL_NAME)
+        target = Target(f"{router.url}/v1", DEFAULT_MODEL_NAME)
         _, shared = asyncio.run(run_level(target, shared_prefix_requests(round_), concurrency=6))
         _, mixed = asyncio.run(run_level(target, mixed_length_requests(round_), request_rate=4.0, seed=round_))
     finally:
-        router.terminate()
-        router.wait(30)
-        for backend in backends:
-            backend.stop()
+        for server in (router, *backends):
+            server.stop()
     failed = [r.error for r in shared + mixed if not r.ok]
     if failed:
         raise SystemExit(f"{policy}: {len(failed)} requests failed, e.g. {failed[0]}")

@@ -21,10 +21,7 @@ import argparse
 import asyncio
 import datetime
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,22 +70,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_router(backends: list[LocalServer], log: Path, *args: str) -> LocalServer:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tokenmill", "router", "--port", str(port),
-                                *(a for b in backends for a in ("--backend", b.url)), *args],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
-    router = LocalServer(f"http://127.0.0.1:{port}", process, None)
-    router.wait_ready()
-    return router
-
-
 def chat(url: str, model: str, question: str, max_tokens: int, stream: bool = False) -> tuple[float, str, httpx.Headers]:
     """Seconds to the whole answer, its text and the response's headers."""
     body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
@@ -107,7 +88,7 @@ def exact_cache(backend: LocalServer, logs: Path, rounds: int) -> list[list[str]
     for stream in (False, True):
         misses, hits = [], []
         for round_ in range(rounds):
-            router = start_router([backend], logs / f"exact-{stream}-{round_}.log", "--response-cache", "exact")
+            router = LocalServer.launch_router([backend], logs / f"exact-{stream}-{round_}.log", "--response-cache", "exact")
             try:
                 for i in range(16):
                     question = f"Round {round_}, item {i}: describe a mill in a few sentences."
@@ -169,7 +150,7 @@ def cascade(small: LocalServer, large: LocalServer, logs: Path) -> tuple[list[li
              f"{1e3 * statistics.mean(a['seconds'] for a in small_answers):.0f}"]]  # fmt: skip
     default = CascadeConfig(SMALL, DEFAULT_MODEL_NAME).min_mean_logprob
     for threshold in sorted({*THRESHOLDS, default}):
-        chosen = [s if mean_logprob(s) >= threshold else g for s, g in zip(small_answers, large_answers, strict=True)]
+        chosen = [s if confidence(s) >= threshold else g for s, g in zip(small_answers, large_answers, strict=True)]
         escalated = sum(c is g for c, g in zip(chosen, large_answers, strict=True))
         saved = sum(tokens(g) for c, g in zip(chosen, large_answers, strict=True) if c is not g)
         saved /= sum(tokens(g) for g in large_answers)
@@ -180,17 +161,22 @@ def cascade(small: LocalServer, large: LocalServer, logs: Path) -> tuple[list[li
                      _agreement(chosen, large_answers, text), f"{saved:.0%}", f"{1e3 * statistics.mean(seconds):.0f}"])
     rows.append(["always large", "100%", _share(large_answers, right), "100%", "0%",
                  f"{1e3 * statistics.mean(a['seconds'] for a in large_answers):.0f}"])  # fmt: skip
-    router = start_router([small, large], logs / "cascade.log", "--cascade", f"{SMALL},{DEFAULT_MODEL_NAME}")
+    router = LocalServer.launch_router([small, large], logs / "cascade.log", "--cascade", f"{SMALL},{DEFAULT_MODEL_NAME}")
     try:  # the router's own cascade gives what the direct answers imply at its threshold
         for (question, _), s, g in zip(QUESTIONS, small_answers, large_answers, strict=True):
             _, answer, headers = chat(router.url, "cascade", question, 24)
-            expected = s if mean_logprob(s) >= default else g
+            expected = s if confidence(s) >= default else g
             assert answer == text(expected), f"{question}: the router's cascade answered {answer!r}"
             assert headers["x-tokenmill-cascade"] == ("small" if expected is s else "large")
         check = f"the router's cascade at {default} gave the expected answer to each of the {len(QUESTIONS)} questions"
     finally:
         router.stop()
     return rows, check
+
+
+def confidence(answer: dict) -> float:
+    mean = mean_logprob(answer)
+    return float("-inf") if mean is None else mean
 
 
 def _share(answers: list[dict], right) -> str:

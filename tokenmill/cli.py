@@ -124,7 +124,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     from tokenmill.router.config import RouterConfig
 
     cache = ResponseCacheConfig(
-        modes=tuple(m for m in (args.response_cache or "").split(",") if m), opt_in=args.response_cache_opt_in,
+        modes=tuple(m.strip() for m in (args.response_cache or "").split(",") if m.strip()), opt_in=args.response_cache_opt_in,
         ttl_s=args.response_cache_ttl, max_entries=args.response_cache_max_entries, file=args.response_cache_file,
         redis_url=args.response_cache_redis, semantic_threshold=args.semantic_threshold,
     )

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from tokenmill.model.gguf_file import read_gguf
-from tokenmill.quant.gguf_formats import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, read_quantized
+from tokenmill.quant.gguf_formats import Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, read_quantized
 from tokenmill.quant.tensor import QuantizedTensor
 
 # Bytes per block, and where the float16 scales (and minimums) sit in it.
-BLOCKS = {Q8_0: (32, 34, [0]), Q4_0: (32, 18, [0]), Q4_1: (32, 20, [0, 2]), Q4_K: (256, 144, [0, 2]),
-          Q6_K: (256, 210, [208])}
+BLOCKS = {Q8_0: (32, 34, [0]), Q4_0: (32, 18, [0]), Q4_1: (32, 20, [0, 2]), Q5_0: (32, 22, [0]),
+          Q4_K: (256, 144, [0, 2]), Q6_K: (256, 210, [208])}
 
 
 @pytest.mark.parametrize("tensor_type", list(BLOCKS), ids=lambda t: gguf.GGMLQuantizationType(t).name)
@@ -25,7 +25,7 @@ def test_random_blocks_read_exactly(tensor_type):
     raw = blocks.reshape(rows, -1)
     expected = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(tensor_type)).reshape(rows, cols)
     actual = read_quantized(raw, tensor_type, rows, cols)
-    assert actual.bits == (8 if tensor_type in (Q8_0, Q6_K) else 4)
+    assert actual.bits == (8 if tensor_type in (Q8_0, Q6_K, Q5_0) else 4)
     assert actual.q.min() >= (-128 if actual.bits == 8 else 0) and actual.q.max() <= (127 if actual.bits == 8 else 15)
     np.testing.assert_array_equal(actual.dequantize().numpy(), expected)
 

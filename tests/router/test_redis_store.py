@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="ne
 
 
 @pytest.fixture
-def redis_url(tmp_path) -> Iterator[str]:
+def redis_server(tmp_path) -> Iterator[tuple[str, subprocess.Popen]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -32,12 +32,13 @@ def redis_url(tmp_path) -> Iterator[str]:
         except redis.ConnectionError:
             assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
             time.sleep(0.1)
-    yield url
+    yield url, server
     server.terminate()
     server.wait(10)
 
 
-def test_two_routers_sharing_one_redis_serve_each_others_answers(tmp_path, redis_url, backends):
+def test_two_routers_sharing_one_redis_serve_each_others_answers(tmp_path, redis_server, backends):
+    redis_url, server = redis_server
     routers = [start_router(tmp_path, backends[:1], "--response-cache", "exact", "--response-cache-redis", redis_url,
                             "--response-cache-ttl", "60") for _ in range(2)]  # fmt: skip
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 6, "temperature": 0}
@@ -49,6 +50,11 @@ def test_two_routers_sharing_one_redis_serve_each_others_answers(tmp_path, redis
         assert routers[1].metric("tokenmill_router:requests_total") == 0  # the second never asked a backend
         keys = redis.Redis.from_url(redis_url).keys("tokenmill:response:*")
         assert len(keys) == 1 and 0 < redis.Redis.from_url(redis_url).pttl(keys[0]) <= 60_000
+        server.kill()  # Redis gone: answers go on, uncached
+        server.wait(10)
+        gone = httpx.post(f"{routers[0].url}/v1/chat/completions", json={**body, "max_tokens": 4}, timeout=60,
+                          headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+        assert gone.status_code == 200 and gone.headers["x-tokenmill-cache"] == "miss"
     finally:
         for router in routers:
             router.stop()

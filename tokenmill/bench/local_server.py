@@ -19,15 +19,23 @@ class LocalServer:
     log: Path | None
 
     @classmethod
-    def launch(cls, engine_args: list[str], log: Path | None = None) -> LocalServer:
-        """Starts the server and returns at once; wait_ready() for its health."""
+    def launch(cls, engine_args: list[str], log: Path | None = None, command: str = "serve") -> LocalServer:
+        """Starts `tokenmill serve` (or another of its servers: router, disagg-proxy) and returns at
+        once; wait_ready() for its health."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        command = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *engine_args]
+        argv = [sys.executable, "-m", "tokenmill", command, "--port", str(port), *engine_args]
         output = log.open("w") if log is not None else subprocess.DEVNULL
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
         return cls(f"http://127.0.0.1:{port}", process, log)
+
+    @classmethod
+    def launch_router(cls, backends: list[LocalServer], log: Path | None, *args: str) -> LocalServer:
+        """`tokenmill router` over the backends, started and ready."""
+        router = cls.launch([*(a for b in backends for a in ("--backend", b.url)), *args], log, "router")
+        router.wait_ready()
+        return router
 
     def wait_ready(self, timeout_s: float = 600) -> float:
         """Seconds until /health answered 200; SystemExit if the server exits or takes too long."""

@@ -1,8 +1,8 @@
 """GGUF's quantized block formats, read into QuantizedTensor without passing through float32.
 
 Each format is integers with a scale (and for some an offset) per small group of a row, which is
-what the quantized kernel runs: Q8_0 and Q6_K as 8-bit integers (groups of 32 and 16), Q4_0, Q4_1
-and Q4_K as 4-bit ones (groups of 32). The values are exactly the format's: tests compare them
+what the quantized kernel runs: Q8_0, Q6_K and Q5_0 as 8-bit integers (groups of 32, 16 and 32; five
+bits do not pack into the 4-bit kernel), Q4_0, Q4_1 and Q4_K as 4-bit ones (groups of 32). The values are exactly the format's: tests compare them
 with the gguf package's own dequantization.
 """
 
@@ -16,7 +16,7 @@ import torch
 from tokenmill.quant.tensor import QuantizedTensor
 
 # GGMLQuantizationType numbers (gguf.GGMLQuantizationType) and bytes per block of 32 or 256 values.
-Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 2, 3, 8, 12, 14
+Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K = 2, 3, 6, 8, 12, 14
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -40,6 +40,14 @@ def _q4_0(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int
 
 def _q4_1(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     return _nibbles_32(b[..., 4:]), _f16(b, 0), _f16(b, 2), 4
+
+
+def _q5_0(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """32 values of 5 bits: 4 low bits as Q4_0's nibbles, the fifth of value i in bit i of qh."""
+    qh = b[..., 2:6].copy().view("<u4")  # [rows, blocks, 1]
+    high = (qh >> np.arange(32, dtype=np.uint32)) & 1
+    q = (_nibbles_32(b[..., 6:22]) | (high.astype(np.uint8) << 4)).astype(np.int8) - 16
+    return q, _f16(b, 0), None, 8
 
 
 def _q4_k(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
@@ -67,7 +75,7 @@ def _q6_k(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int
 
 
 _FORMATS: dict[int, tuple[int, int, Callable]] = {  # type: (values per block, bytes per block, reader)
-    Q8_0: (32, 34, _q8_0), Q4_0: (32, 18, _q4_0), Q4_1: (32, 20, _q4_1),
+    Q8_0: (32, 34, _q8_0), Q4_0: (32, 18, _q4_0), Q4_1: (32, 20, _q4_1), Q5_0: (32, 22, _q5_0),
     Q4_K: (256, 144, _q4_k), Q6_K: (256, 210, _q6_k),
 }  # fmt: skip
 

@@ -146,8 +146,8 @@ class _Keeper:
         self.cache, self.plan, self.metrics = cache, plan, metrics
 
     async def keep(self, body: dict) -> None:
-        await self.cache.remember(self.plan, body)
-        self.metrics.cache_stores.inc()
+        if await self.cache.remember(self.plan, body):
+            self.metrics.cache_stores.inc()
 
 
 async def _send(client: httpx.AsyncClient, backend: Backend, path: str, body: dict, headers: dict[str, str],

@@ -15,11 +15,15 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
-from tokenmill.router.cache.replay import as_events, wants_usage
+from tokenmill.router.cache.replay import replay_response
+from tokenmill.server.errors import APIError
 
 CASCADE_HEADER = "x-tokenmill-cascade"
+# A malformed request: the large model would refuse it too. Anything else the small model answers
+# (its context or token limits, 429, 5xx) sends the request on to the large one.
+_REQUEST_ERRORS = (400, 401, 403, 422)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,6 @@ class CascadeConfig:
 class CascadeOutcome:
     answered_by: str  # "small" or "large"
     small_tokens: int  # prompt and completion tokens the small model processed
-    mean_logprob: float | None  # the small answer's; None when it gave no tokens or failed
     small_answer: dict | None = None  # the answer's body, when the small model's stands
 
 
@@ -54,24 +57,22 @@ Forward = Callable[[dict, bool], Awaitable[Response]]  # (body, whether its answ
 
 async def cascade(config: CascadeConfig, body: dict, forward: Forward) -> tuple[Response, CascadeOutcome]:
     """The answer to a request for the cascade, from whichever model gives it."""
-    small = await forward(_as_small(config, body), False)
-    if 400 <= small.status_code < 500:  # the request itself is wrong: the large model would say the same
-        return small, CascadeOutcome("small", 0, None)
-    parsed = _json(small) if small.status_code == 200 else None
+    try:
+        small: Response | None = await forward(_as_small(config, body), False)
+    except APIError:  # no small backend up: the large model answers alone
+        small = None
+    if small is not None and small.status_code in _REQUEST_ERRORS:
+        return small, CascadeOutcome("small", 0)  # the request itself is wrong, for either model
+    parsed = _json(small) if small is not None and small.status_code == 200 else None
     mean = mean_logprob(parsed) if parsed is not None else None
     tokens = _tokens(parsed)
     if mean is not None and mean >= config.min_mean_logprob:
         answer = _without_unasked_logprobs(parsed, body)
         headers = {CASCADE_HEADER: "small", "x-tokenmill-cascade-mean-logprob": f"{mean:.4f}"}
-        if body.get("stream"):
-            response: Response = StreamingResponse(iter(as_events(answer, wants_usage(body))),
-                                                   media_type="text/event-stream", headers=headers)  # fmt: skip
-        else:
-            response = JSONResponse(answer, headers=headers)
-        return response, CascadeOutcome("small", tokens, mean, answer)
+        return replay_response(answer, body, headers), CascadeOutcome("small", tokens, answer)
     large = await forward({**body, "model": config.large}, True)
     large.headers[CASCADE_HEADER] = "large"
-    return large, CascadeOutcome("large", tokens, mean)
+    return large, CascadeOutcome("large", tokens)
 
 
 def mean_logprob(answer: dict) -> float | None:
@@ -98,8 +99,8 @@ def _as_small(config: CascadeConfig, body: dict) -> dict:
 
 
 def _without_unasked_logprobs(answer: dict, body: dict) -> dict:
-    asked = body.get("logprobs") not in (None, False)
-    if asked:
+    asked = body.get("logprobs")
+    if asked is not None and asked is not False:  # completions' logprobs 0 is asked for
         return answer
     return {**answer, "choices": [{**c, "logprobs": None} for c in answer.get("choices", [])]}
 

@@ -46,5 +46,5 @@ def semantic_query(path: str, body: dict) -> SemanticQuery | None:
 
 
 def _digest(path: str, fields: dict) -> str:
-    normal = json.dumps([path, fields], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    normal = json.dumps([path, fields], sort_keys=True, separators=(",", ":"))  # ASCII: a lone surrogate too
     return hashlib.sha256(normal.encode()).hexdigest()

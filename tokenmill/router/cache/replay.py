@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 _CHAT_DELTA_KEYS = {"role", "content"}  # what a stream may hold and still be put together (no tool calls)
 _LOGPROB_LISTS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
 
 def with_usage(body: dict) -> dict:
-    return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    options = body.get("stream_options")
+    return {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
 
 
 def wants_usage(body: dict) -> bool:
@@ -103,6 +106,14 @@ def _joined(so_far: dict | None, more: dict, chat: bool) -> dict:
         return {key: list(value) for key, value in more.items()}
     keys = ("content",) if chat else _LOGPROB_LISTS
     return {key: so_far.get(key, []) + (more.get(key) or []) for key in keys}
+
+
+def replay_response(body: dict, request_body: dict, headers: dict[str, str]) -> Response:
+    """A whole answer as the request asked for it: a stream, or one JSON body."""
+    if request_body.get("stream"):
+        return StreamingResponse(iter(as_events(body, wants_usage(request_body))), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **headers})  # fmt: skip
+    return JSONResponse(body, headers=headers)
 
 
 def as_events(body: dict, include_usage: bool) -> list[str]:

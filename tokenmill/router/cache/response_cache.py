@@ -8,19 +8,25 @@ Every answer from the cache says so: the same header (`exact` or `semantic`) and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
 from tokenmill.router.cache.config import CACHE_MODES, ResponseCacheConfig
 from tokenmill.router.cache.keys import SemanticQuery, exact_key, is_deterministic, semantic_query
-from tokenmill.router.cache.replay import as_events, wants_usage
+from tokenmill.router.cache.replay import replay_response
 from tokenmill.router.cache.semantic import Embedder, SemanticIndex
 from tokenmill.router.cache.stores import MemoryStore, RedisStore, ResponseStore
 
+logger = logging.getLogger(__name__)
+
 CACHE_HEADER = "x-tokenmill-cache"
 SIMILARITY_HEADER = "x-tokenmill-cache-similarity"
+# What an answer carries that belongs to its one request: not kept (timings), or not cacheable
+# (KV blocks parked for a disaggregated decode).
+_PER_REQUEST_FIELDS = ("timings", "kv_transfer_params")
 
 
 @dataclass
@@ -39,11 +45,7 @@ class CachedAnswer:
 
     def response(self, request_body: dict) -> Response:
         body = {**self.body, "usage": {**(self.body.get("usage") or {}), "response_cache": self.kind}}
-        headers = {CACHE_HEADER: self.kind, SIMILARITY_HEADER: f"{self.similarity:.4f}"}
-        if request_body.get("stream"):
-            return StreamingResponse(iter(as_events(body, wants_usage(request_body))), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", **headers})  # fmt: skip
-        return JSONResponse(body, headers=headers)
+        return replay_response(body, request_body, {CACHE_HEADER: self.kind, SIMILARITY_HEADER: f"{self.similarity:.4f}"})
 
 
 class ResponseCache:
@@ -64,9 +66,11 @@ class ResponseCache:
     def plan(self, path: str, body: dict, asked: str | None) -> CachePlan | None:
         """How this request is cached; None when it is not: not deterministic, or not asked for."""
         modes = self._modes(asked)
-        if not modes or not is_deterministic(body):
+        if not modes or not is_deterministic(body) or body.get("kv_transfer_params") is not None:
             return None
         semantic = semantic_query(path, body) if "semantic" in modes else None
+        if "exact" not in modes and semantic is None:
+            return None  # semantic only, and not a question it compares: nothing could ever read it
         return CachePlan(exact_key(path, body), modes, semantic)
 
     def _modes(self, asked: str | None) -> frozenset[str]:
@@ -79,6 +83,14 @@ class ResponseCache:
         return enabled if "on" in words else enabled & words & set(CACHE_MODES)
 
     async def lookup(self, plan: CachePlan) -> CachedAnswer | None:
+        """A cached answer, or None; a store that fails (Redis gone) is a miss, not a failed request."""
+        try:
+            return await self._lookup(plan)
+        except Exception as exc:
+            logger.warning("response cache lookup failed, answering without it: %r", exc)
+            return None
+
+    async def _lookup(self, plan: CachePlan) -> CachedAnswer | None:
         if "exact" in plan.modes and (body := await self.store.get(plan.key)) is not None:
             return CachedAnswer("exact", body)
         if plan.semantic is None or self.index is None:
@@ -93,17 +105,26 @@ class ResponseCache:
             return None
         return CachedAnswer("semantic", body, match.similarity)
 
-    async def remember(self, plan: CachePlan, body: dict) -> None:
-        """Keeps an answer that came back whole: every choice finished."""
-        choices = body.get("choices")
-        if not choices or any(choice.get("finish_reason") in (None, "abort") for choice in choices):
-            return
-        await self.store.put(plan.key, body)
+    async def remember(self, plan: CachePlan, body: dict) -> bool:
+        """Keeps an answer that came back whole (every choice finished); whether it was kept."""
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not isinstance(choices, list) or not choices or not all(_finished(choice) for choice in choices):
+            return False
+        try:
+            await self.store.put(plan.key, {k: v for k, v in body.items() if k not in _PER_REQUEST_FIELDS})
+        except Exception as exc:
+            logger.warning("response cache store failed, the answer is not kept: %r", exc)
+            return False
         if plan.semantic is not None and plan.vector is not None and self.index is not None:
             self.index.add(plan.semantic, plan.vector, plan.key)
+        return True
 
     async def start(self) -> None:
         await self.store.check()
 
     async def close(self) -> None:
         await self.store.close()
+
+
+def _finished(choice: object) -> bool:
+    return isinstance(choice, dict) and choice.get("finish_reason") not in (None, "abort")

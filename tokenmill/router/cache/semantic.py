@@ -30,7 +30,7 @@ from tokenmill.router.cache.keys import SemanticQuery
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
 # A capitalized word not opening a sentence: a name. ("I" is no name.)
 _NAME = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][A-Za-z0-9]*")
-_QUOTED = re.compile(r"[\"“‘']([^\"”’']+)[\"”’']")
+_QUOTED = re.compile(r"(?<!\w)[\"“‘']([^\"”’']+)[\"”’'](?!\w)")  # not an apostrophe: "what's ... it's"
 _DIRECTIONS = frozenset({"to", "into", "from", "than", "versus", "vs", "per"})
 _FILLER = frozenset("a an the my your its this that some".split())
 
@@ -120,7 +120,9 @@ class SemanticIndex:
 
     def forget(self, label: int) -> None:
         """Drops an entry: the oldest when full, or one whose answer has expired from the store."""
-        entry = self._entries.pop(label)
+        entry = self._entries.pop(label, None)
+        if entry is None:  # gone already: another lookup found it expired while the store answered
+            return
         index = self._indexes[entry.rest_key]
         index.remove(label)
         if len(index) == 0:

@@ -53,9 +53,6 @@ class MemoryStore:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     async def close(self) -> None:
         if self.path is None:
             return
