@@ -21,7 +21,7 @@ serve: install
 	$(VENV)/bin/tokenmill serve
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: install
 	$(PY) benchmarks/offline_throughput.py

@@ -92,8 +92,8 @@ def exact_cache(backend: LocalServer, logs: Path, rounds: int) -> list[list[str]
             try:
                 for i in range(16):
                     question = f"Round {round_}, item {i}: describe a mill in a few sentences."
-                    miss, first, miss_headers = chat(router.url, DEFAULT_MODEL_NAME, question, 64, stream)
-                    hit, again, hit_headers = chat(router.url, DEFAULT_MODEL_NAME, question, 64, stream)
+                    miss, first, miss_headers = chat(router.url, SMALL, question, 64, stream)
+                    hit, again, hit_headers = chat(router.url, SMALL, question, 64, stream)
                     assert (miss_headers["x-tokenmill-cache"], hit_headers["x-tokenmill-cache"]) == ("miss", "exact")
                     assert stream or again == first, "a cached answer differs"
                     misses.append(miss)
@@ -162,13 +162,15 @@ def cascade(small: LocalServer, large: LocalServer, logs: Path) -> tuple[list[li
     rows.append(["always large", "100%", _share(large_answers, right), "100%", "0%",
                  f"{1e3 * statistics.mean(a['seconds'] for a in large_answers):.0f}"])  # fmt: skip
     router = LocalServer.launch_router([small, large], logs / "cascade.log", "--cascade", f"{SMALL},{DEFAULT_MODEL_NAME}")
-    try:  # the router's own cascade gives what the direct answers imply at its threshold
+    agreed, escalated = 0, 0
+    try:  # the router's own cascade, against what the direct answers imply at its threshold
         for (question, _), s, g in zip(QUESTIONS, small_answers, large_answers, strict=True):
             _, answer, headers = chat(router.url, "cascade", question, 24)
             expected = s if confidence(s) >= default else g
-            assert answer == text(expected), f"{question}: the router's cascade answered {answer!r}"
-            assert headers["x-tokenmill-cascade"] == ("small" if expected is s else "large")
-        check = f"the router's cascade at {default} gave the expected answer to each of the {len(QUESTIONS)} questions"
+            escalated += headers["x-tokenmill-cascade"] == "large"
+            agreed += answer == text(expected) and headers["x-tokenmill-cascade"] == ("small" if expected is s else "large")
+        check = (f"the router's cascade at {default}: {escalated} of {len(QUESTIONS)} escalated; {agreed} of "
+                 f"{len(QUESTIONS)} answers as the direct runs imply")  # fmt: skip
     finally:
         router.stop()
     return rows, check

@@ -44,12 +44,19 @@ def test_logits_match_transformers_while_decoding(make_llm, hf_model, monkeypatc
     monkeypatch.setattr(llm.engine.runner, "sampler", recorder)
     outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True),
                         use_tqdm=False)
+    assert_logits_match(outs, recorder, hf_model, DECODE_STEPS)
+
+
+def assert_logits_match(outs, recorder: RecordingSampler, hf_model, steps: int) -> None:
+    """Each decode step's logits within 1e-3 (relative) of transformers' on the same tokens, and
+    each greedy token transformers' argmax."""
     for out in outs:
         ids = out.prompt_token_ids + out.outputs[0].token_ids
         with torch.no_grad():
             ref = hf_model(torch.tensor([ids])).logits[0]
-        for step in range(DECODE_STEPS):
+        for step in range(steps):
             ours = recorder.logits[(tuple(out.prompt_token_ids), step)]
             theirs = ref[len(out.prompt_token_ids) - 1 + step]
             rel = ((ours - theirs).norm() / theirs.norm()).item()
-            assert rel < 1e-3, f"prompt {out.prompt!r}, decode step {step}: relative error {rel:.2e}"
+            assert rel < 1e-3, f"prompt of {len(out.prompt_token_ids)} tokens, decode step {step}: relative error {rel:.2e}"
+            assert out.outputs[0].token_ids[step] == int(theirs.argmax()), "greedy tokens differ"

@@ -41,8 +41,9 @@ class AttentionPlan(Protocol):
         """Stores the step's new k and v ([T, KVH, D]) in one layer's cache, at the batch's slots."""
         ...
 
-    def attend(self, q: torch.Tensor, kv: KVCacheView) -> torch.Tensor:
-        """q: [T, H, D]; one layer's cache; returns [T, H, D]."""
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
+        """q: [T, H, D]; one layer's cache; returns [T, H, D]. With a window, each query sees only
+        the last `window` keys up to its own position (a sliding-window layer)."""
         ...
 
 
@@ -79,6 +80,12 @@ class KVCacheView:
         self.values[blocks, :, offsets, :] = v8
         self.key_scales[blocks, :, offsets] = scales[0]
         self.value_scales[blocks, :, offsets] = scales[1]
+
+
+def check_no_window(window: int | None, backend: str) -> None:
+    """The kernels attend to whole contexts; the selector gives sliding-window models the torch backend."""
+    if window is not None:
+        raise NotImplementedError(f"the {backend} attention backend has no sliding window yet")
 
 
 def kv_block_views(

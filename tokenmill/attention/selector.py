@@ -13,12 +13,16 @@ from tokenmill.kernels.paged_attention import PagedAttentionKernels
 
 
 def select_attention_backend(
-    name: str, device: torch.device, dtype: torch.dtype, num_queries_per_kv: int, head_dim: int, block_size: int
+    name: str, device: torch.device, dtype: torch.dtype, num_queries_per_kv: int, head_dim: int, block_size: int,
+    sliding_window: bool = False,
 ) -> AttentionBackend:
     """`auto` takes the C kernel for float32 on the CPU where it compiles, the Triton kernel on
-    CUDA where Triton is installed and the shape suits it, else the torch path."""
-    if name == "torch":
+    CUDA where Triton is installed and the shape suits it, else the torch path. A model with
+    sliding-window layers takes the torch path: the kernels attend to whole contexts."""
+    if name == "torch" or (name == "auto" and sliding_window):
         return TorchAttentionBackend(num_queries_per_kv)
+    if sliding_window:
+        raise ValueError(f"the {name} attention backend has no sliding window yet; this model needs --attention-backend torch")
     if name == "triton" or (name == "auto" and device.type == "cuda"):
         return _triton(name, device, head_dim, block_size) or TorchAttentionBackend(num_queries_per_kv)
     supported = device.type == "cpu" and dtype == torch.float32

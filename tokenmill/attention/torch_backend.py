@@ -9,7 +9,7 @@ Runs on any device; it is also the reference the kernels are tested against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,19 @@ class AttentionGroup:
     query_index: torch.Tensor | None  # [B * Lq] rows of the group for each padded query; None: no padding
     query_valid: torch.Tensor | None  # [B * Lq] bool, real (not padding) queries
     max_query_len: int
+    query_pos: torch.Tensor  # [B, Lq]: each (padded) query's position
+    num_queries_per_kv: int
+    windowed: dict[int, torch.Tensor] = field(default_factory=dict)  # the masks made so far, by window
+
+    def mask_for(self, window: int | None) -> torch.Tensor:
+        """The causal mask, cut to the last `window` keys of each query for a sliding-window layer."""
+        if window is None:
+            return self.mask
+        if window not in self.windowed:  # once per step: every layer with this window shares it
+            keys = torch.arange(self.mask.shape[-1], device=self.mask.device)
+            recent = keys[None, None, :] > self.query_pos[:, :, None] - window
+            self.windowed[window] = self.mask & _per_head(recent, self.num_queries_per_kv)
+        return self.windowed[window]
 
 
 @dataclass(frozen=True)
@@ -35,10 +48,10 @@ class TorchAttentionPlan:
     def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
         kv.write(k, v, self.batch.slot_blocks, self.batch.slot_offsets)
 
-    def attend(self, q: torch.Tensor, kv: KVCacheView) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
         out = torch.empty_like(q)
         for group in self.groups:  # at most two: decode and prefill
-            out[group.rows] = _attend(q[group.rows], kv, group)
+            out[group.rows] = _attend(q[group.rows], kv, group, group.mask_for(window))
         return out
 
 
@@ -69,14 +82,21 @@ class TorchAttentionBackend:
         return AttentionGroup(
             rows=slice(int(q_starts[0]), int(q_starts[-1])),
             block_tables=batch.block_tables[lo:hi, :width].long(),
-            mask=mask.repeat_interleave(self.num_queries_per_kv, dim=1).unsqueeze(1),
+            mask=_per_head(mask, self.num_queries_per_kv),
             query_index=((q_starts[:-1] - q_starts[0])[:, None] + i).flatten() if padded else None,
             query_valid=(torch.arange(max_q, device=device)[None, :] < q_lens[:, None]).flatten() if padded else None,
             max_query_len=max_q,
+            query_pos=query_pos,
+            num_queries_per_kv=self.num_queries_per_kv,
         )
 
 
-def _attend(q: torch.Tensor, kv: KVCacheView, group: AttentionGroup) -> torch.Tensor:
+def _per_head(mask: torch.Tensor, num_queries_per_kv: int) -> torch.Tensor:
+    """[B, Lq, keys] -> [B, 1, Lq * G, keys]: the query heads sharing a KV head folded into the rows."""
+    return mask.repeat_interleave(num_queries_per_kv, dim=1).unsqueeze(1)
+
+
+def _attend(q: torch.Tensor, kv: KVCacheView, group: AttentionGroup, mask: torch.Tensor) -> torch.Tensor:
     """The queries of one group ([rows, H, D]) against their sequences' gathered K and V."""
     num_seqs = group.block_tables.shape[0]
     num_heads, head_dim = q.shape[1], q.shape[2]
@@ -88,7 +108,7 @@ def _attend(q: torch.Tensor, kv: KVCacheView, group: AttentionGroup) -> torch.Te
     q = q.view(num_seqs, lq, kvh, g, head_dim).permute(0, 2, 1, 3, 4).reshape(num_seqs, kvh, lq * g, head_dim)
     keys = _gather(kv.keys.transpose(2, 3), kv.key_scales, group.block_tables, q.dtype)
     values = _gather(kv.values, kv.value_scales, group.block_tables, q.dtype)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=group.mask, scale=head_dim**-0.5)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=head_dim**-0.5)
     out = out.view(num_seqs, kvh, lq, g, head_dim).permute(0, 2, 1, 3, 4).reshape(num_seqs * lq, num_heads, head_dim)
     return out if group.query_valid is None else out[group.query_valid]
 

@@ -292,7 +292,7 @@ class LLMEngine:
             seq.append_token(token_id)
             self.structured.accept(seq.seq_id, token_id)
             added.append(token_id)
-            finish = check_stop(seq, token_id, self.tokenizer.eos_token_id, self.max_model_len)
+            finish = check_stop(seq, token_id, self.tokenizer.eos_token_ids, self.max_model_len)
             if finish is not None:
                 parks = self.kv_transfer is not None and self.kv_transfer.parks(seq)
                 self.scheduler.finish(seq, *finish, keep_blocks=parks)

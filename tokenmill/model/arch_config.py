@@ -25,6 +25,12 @@ class ArchConfig:
     tie_word_embeddings: bool
     rope_scaling: dict[str, Any] | None = None
     attention_bias: bool = False
+    # Sliding-window attention: layers that attend to the last sliding_window tokens only (Hugging
+    # Face's layer_types: "sliding_attention" or "full_attention"), with RoPE of their own base.
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None  # queries scaled by its inverse square root (default: head_dim)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -34,8 +40,16 @@ class ArchConfig:
         """The heads one tensor-parallel rank holds, in its pipeline stage's layers (itself with one rank)."""
         if tp.size == 1 and pp.num_stages == 1:
             return self
+        layers = pp.layers(self.num_layers)
         return replace(self, num_heads=tp.split(self.num_heads, "attention heads")[1],
-                       num_kv_heads=tp.kv_heads(self.num_kv_heads)[1], num_layers=len(pp.layers(self.num_layers)))
+                       num_kv_heads=tp.kv_heads(self.num_kv_heads)[1], num_layers=len(layers),
+                       layer_types=None if self.layer_types is None else self.layer_types[layers.start : layers.stop])
+
+    def window(self, layer: int) -> int | None:
+        """The tokens a layer attends to, counting its own; None: all of them."""
+        if self.layer_types is None or self.layer_types[layer] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     @property
     def num_queries_per_kv(self) -> int:
@@ -52,6 +66,8 @@ class ArchConfig:
         heads = get("attention.head_count")
         vocab = get("vocab_size") or len(meta["tokenizer.ggml.tokens"])
         return cls(
+            **_gguf_sliding_window(arch, get("attention.sliding_window"), get("block_count"),
+                                   get("attention.key_length", hidden // heads)),  # fmt: skip
             architecture=arch,
             vocab_size=vocab,
             hidden_size=hidden,
@@ -71,7 +87,14 @@ class ArchConfig:
     def from_hf_config(cls, cfg: dict[str, Any]) -> ArchConfig:
         hidden = cfg["hidden_size"]
         heads = cfg["num_attention_heads"]
+        by_layer_type = cfg.get("rope_parameters") or {}  # transformers 5 keys RoPE by layer type for Gemma 3
+        full, local = by_layer_type.get("full_attention") or {}, by_layer_type.get("sliding_attention") or {}
+        layer_types = cfg.get("layer_types")
         return cls(
+            sliding_window=cfg.get("sliding_window") if layer_types else None,
+            layer_types=tuple(layer_types) if layer_types else None,
+            rope_local_theta=local.get("rope_theta") or cfg.get("rope_local_base_freq"),
+            query_pre_attn_scalar=cfg.get("query_pre_attn_scalar"),
             architecture=cfg.get("model_type", "llama"),
             vocab_size=cfg["vocab_size"],
             hidden_size=hidden,
@@ -81,12 +104,22 @@ class ArchConfig:
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
             head_dim=cfg.get("head_dim") or hidden // heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0),
+            rope_theta=cfg.get("rope_theta") or full.get("rope_theta") or by_layer_type.get("rope_theta", 10000.0),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             rope_scaling=_hf_rope_scaling(cfg),
             attention_bias=cfg.get("attention_bias", False),
         )
+
+
+def _gguf_sliding_window(arch: str, window: int | None, num_layers: int, head_dim: int) -> dict[str, Any]:
+    """What a GGUF leaves to the reader, as llama.cpp fills it in: Gemma 3's every sixth layer
+    attends globally, its sliding layers' RoPE base is 10,000, and queries scale by head_dim."""
+    if arch != "gemma3" or window is None:
+        return {}
+    layer_types = tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(num_layers))
+    return {"sliding_window": window, "layer_types": layer_types, "rope_local_theta": 10000.0,
+            "query_pre_attn_scalar": head_dim}
 
 
 def _gguf_rope_scaling(kind: str | None, factor: float | None) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
 
 import torch
 from torch import nn
@@ -11,20 +11,19 @@ from tokenmill.attention.base import AttentionPlan
 from tokenmill.distributed.group import PipelineParallel, TensorParallel
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.attention import PagedAttention
-from tokenmill.model.layers import MergedLinear, RMSNorm, RotaryEmbedding, SiluAndMul, check_shape, default_weight_loader
-from tokenmill.model.parallel_layers import (
-    ParallelLMHead, RowParallelLinear, ShardedMergedLinear, VocabParallelEmbedding, gather_logits,
-)
-from tokenmill.quant.tensor import QuantizedTensor, concat_rows
+from tokenmill.model.causal_lm import PACKED_MODULES, CausalLM
+from tokenmill.model.layers import RMSNorm, RotaryEmbedding, SiluAndMul
+from tokenmill.model.parallel_layers import RowParallelLinear, ShardedMergedLinear, VocabParallelEmbedding
+from tokenmill.quant.tensor import QuantizedTensor
 
-# Hugging Face checkpoint matrices that tokenmill stacks into one layer, in its row order.
-PACKED_MODULES = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 
 class LlamaAttention(nn.Module):
-    """This rank's query heads and KV heads (all of them with one rank)."""
+    """This rank's query heads and KV heads (all of them with one rank). A family that shares one
+    RoPE table between layers, or attends over a window, passes them in."""
 
-    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel, rotary: RotaryEmbedding | None = None,
+                 window: int | None = None) -> None:  # fmt: skip
         super().__init__()
         dim = self.head_dim = cfg.head_dim
         first_head, num_heads = tp.split(cfg.num_heads, "attention heads")
@@ -34,25 +33,31 @@ class LlamaAttention(nn.Module):
                                             PACKED_MODULES["qkv_proj"], [(cfg.num_heads * dim, first_head * dim),
                                             *[(cfg.num_kv_heads * dim, first_kv * dim)] * 2], bias=cfg.attention_bias)  # fmt: skip
         self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size, first_head * dim, tp)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.attn = PagedAttention(num_heads, num_kv, cfg.head_dim)
+        self.rotary = rotary or RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                                                cfg.rope_scaling)  # fmt: skip
+        self.attn = PagedAttention(num_heads, num_kv, cfg.head_dim, window)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.q_size // self.head_dim, self.head_dim)
-        k = k.view(-1, self.kv_size // self.head_dim, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = self.position(positions, q.view(-1, self.q_size // self.head_dim, self.head_dim),
+                             k.view(-1, self.kv_size // self.head_dim, self.head_dim))  # fmt: skip
         return self.o_proj(self.attn(q, k, v.view_as(k), plan))
+
+    def position(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head queries and keys ([T, heads, D]) placed by RoPE."""
+        return self.rotary(positions, q, k)
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
+    """A gated MLP: down(act(gate) * up); SwiGLU unless another activation is given (Gemma's GeGLU)."""
+
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel, act: nn.Module | None = None) -> None:
         super().__init__()
         first, size = tp.split(cfg.intermediate_size, "MLP columns")
         self.gate_up_proj = ShardedMergedLinear(cfg.hidden_size, [size] * 2, PACKED_MODULES["gate_up_proj"],
                                                 [(cfg.intermediate_size, first)] * 2)
         self.down_proj = RowParallelLinear(size, cfg.hidden_size, first, tp)
-        self.act = SiluAndMul()
+        self.act = act or SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -85,9 +90,19 @@ class LlamaModel(nn.Module):
         self.pp, self.layer_range = pp, pp.layers(cfg.num_layers)
         holds_embedding = pp.is_first or (pp.is_last and cfg.tie_word_embeddings)
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp) if holds_embedding else None
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, tp) if i in self.layer_range else nn.Identity()
+        self.layers = nn.ModuleList(self.make_layer(cfg, i, tp) if i in self.layer_range else nn.Identity()
                                     for i in range(cfg.num_layers))  # fmt: skip
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if pp.is_last else None
+        self.norm = self.make_norm(cfg) if pp.is_last else None
+
+    # What a family built on these layers changes (gemma3.py): its layer, its norm, its embedding.
+    def make_layer(self, cfg: ArchConfig, index: int, tp: TensorParallel) -> nn.Module:
+        return LlamaDecoderLayer(cfg, tp)
+
+    def make_norm(self, cfg: ArchConfig) -> nn.Module:
+        return RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
 
     def forward(
         self, input_ids: torch.Tensor | None, positions: torch.Tensor, plan: AttentionPlan,
@@ -101,7 +116,7 @@ class LlamaModel(nn.Module):
         if intermediate is not None:
             x, residual = intermediate.unbind(0)
         else:
-            x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
             residual = None
         for layer in self.layers[self.layer_range.start : num_layers or self.layer_range.stop]:
             x, residual = layer(positions, x, residual, plan)
@@ -110,127 +125,29 @@ class LlamaModel(nn.Module):
         return self.norm(x, residual)[0]
 
 
-class LlamaForCausalLM(nn.Module):
-    packed_modules_mapping = PACKED_MODULES
+class LlamaForCausalLM(CausalLM):
+    gguf_layer_names = {
+        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    }  # fmt: skip
 
     def __init__(self, cfg: ArchConfig, tp: TensorParallel = TensorParallel(),
                  pp: PipelineParallel = PipelineParallel()) -> None:  # fmt: skip
-        super().__init__()
-        self.cfg, self.tp = cfg, tp
-        self.model = LlamaModel(cfg, tp, pp)
-        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp) if pp.is_last else None
-        if cfg.tie_word_embeddings and pp.is_last:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(cfg, tp, pp, LlamaModel(cfg, tp, pp))
 
-    def forward(
-        self, input_ids: torch.Tensor | None, positions: torch.Tensor, plan: AttentionPlan,
-        num_layers: int | None = None, inputs_embeds: torch.Tensor | None = None,
-        intermediate: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, plan, num_layers, inputs_embeds, intermediate)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return gather_logits(self.lm_head(hidden), self.cfg.vocab_size, self.tp).float()
-
-    def attention_layers(self) -> list[PagedAttention]:
-        return [self.model.layers[i].self_attn.attn for i in self.model.layer_range]
-
-    def load_weights(
-        self, weights: Iterable[tuple[str, torch.Tensor | QuantizedTensor]]
-    ) -> dict[str, QuantizedTensor]:
-        """Copies Hugging Face-named weights in, each by its parameter's weight loader; the pieces of a
-        packed module (q/k/v, gate/up) go into their shard of the merged layer.
-
-        Quantized matrices are not copied but returned, stacked in the layer's shard order, by layer
-        name, for tokenmill.quant.apply.install_quantized to put in place."""
-        params = dict(self.named_parameters(remove_duplicate=False))
-        loaded: set[str] = set()
-        quantized: dict[str, dict[str | None, QuantizedTensor]] = {}
-        for name, tensor in weights:
-            if "rotary_emb" in name or self._is_tied_head(name) or self.on_other_stage(name):
-                continue
-            target, shard = self._target(name)
-            if target not in params:
-                raise KeyError(f"checkpoint weight {name!r} has no place in {type(self).__name__}")
-            try:
-                if isinstance(tensor, QuantizedTensor):
-                    tensor = self._rank_part(target, shard, tensor)
-                    check_shape(self._destination(target, shard), tensor, "quantized matrix")
-                    quantized.setdefault(target.removesuffix(".weight"), {})[shard] = tensor
-                else:
-                    self._load(params[target], tensor, shard)
-            except ValueError as err:
-                raise ValueError(f"weight {name!r}: {err}") from None
-            loaded.add(name)
-        self._check_complete(params, loaded)
-        return {layer: self._stack_quantized(layer, shards) for layer, shards in quantized.items()}
-
-    def on_other_stage(self, name: str) -> bool:
-        """Whether the named weight belongs to a module another pipeline stage holds."""
-        module = self
-        for part in name.split(".")[:-1]:
-            child = getattr(module, part, False)  # False: no such part (q_proj, packed in qkv_proj here)
-            if child is None or isinstance(child, nn.Identity):
-                return True
-            if not isinstance(child, nn.Module):
-                return False
-            module = child
-        return False
-
-    def _is_tied_head(self, name: str) -> bool:
-        return name == "lm_head.weight" and self.cfg.tie_word_embeddings
-
-    def _target(self, name: str) -> tuple[str, str | None]:
-        """The parameter a checkpoint weight loads into, and its shard id there (None: the whole)."""
-        parent, module, kind = _split_name(name)
-        for packed, shard_ids in self.packed_modules_mapping.items():
-            if module in shard_ids:
-                return f"{parent}.{packed}.{kind}", module
-        return name, None
-
-    @staticmethod
-    def _load(param: nn.Parameter, tensor: torch.Tensor, shard: str | None) -> None:
-        loader = getattr(param, "weight_loader", default_weight_loader)
-        if shard is None:
-            loader(param, tensor)
-        else:
-            loader(param, tensor, shard)
-
-    def _rank_part(self, target: str, shard: str | None, tensor: QuantizedTensor) -> QuantizedTensor:
-        """This tensor-parallel rank's part of a quantized checkpoint matrix, cut in its packed form."""
-        if self.tp.size == 1:
+    @classmethod
+    def from_gguf(cls, name: str, tensor: torch.Tensor | QuantizedTensor, cfg: ArchConfig,
+                  ) -> torch.Tensor | QuantizedTensor:  # fmt: skip
+        """llama.cpp stores llama's q and k rows interleaved for its RoPE: back to rotate-half order."""
+        heads = {"q_proj": cfg.num_heads, "k_proj": cfg.num_kv_heads}.get(name.split(".")[-2])
+        if heads is None or not name.endswith(".weight"):
             return tensor
-        return self.get_submodule(target.rpartition(".")[0]).rank_part(tensor, shard)
-
-    def _destination(self, target: str, shard: str | None) -> torch.Tensor:
-        param = self.get_parameter(target)
-        return param.data if shard is None else self.get_submodule(target.rpartition(".")[0]).shard_view(param, shard)
-
-    def _stack_quantized(self, layer: str, shards: dict[str | None, QuantizedTensor]) -> QuantizedTensor:
-        module = self.get_submodule(layer)
-        order = module.shard_ids if isinstance(module, MergedLinear) else (None,)
-        if set(shards) != set(order):
-            raise ValueError(f"{layer} has both quantized and float shards; they cannot be stacked into one matrix")
-        return concat_rows([shards[shard] for shard in order])
-
-    def _check_complete(self, params: dict[str, torch.Tensor], loaded: set[str]) -> None:
-        expected = {name for param in params if not self._is_tied_head(param) for name in self._sources(param)}
-        missing = sorted(expected - loaded)
-        if missing:
-            raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-
-    def _sources(self, param: str) -> list[str]:
-        """The checkpoint weights a parameter loads from: its pieces' names where it is packed."""
-        parent, module, kind = _split_name(param)
-        shard_ids = self.packed_modules_mapping.get(module)
-        return [param] if shard_ids is None else [f"{parent}.{shard}.{kind}" for shard in shard_ids]
+        unpermute = functools.partial(_unpermute_rope, num_heads=heads)
+        return tensor.map_rows(unpermute) if isinstance(tensor, QuantizedTensor) else unpermute(tensor)
 
 
-def _split_name(name: str) -> tuple[str, str, str]:
-    """'model.layers.0.mlp.up_proj.weight' -> ('model.layers.0.mlp', 'up_proj', 'weight')."""
-    module, _, kind = name.rpartition(".")
-    parent, _, last = module.rpartition(".")
-    return parent, last, kind
+def _unpermute_rope(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    rows = w.shape[0]
+    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

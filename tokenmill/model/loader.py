@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import logging
@@ -22,7 +21,7 @@ from tokenmill.kernels.quant_matmul import QuantMatmul
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.bf16_products import enable_bf16_products
 from tokenmill.model.gguf_file import read_gguf
-from tokenmill.model.registry import build_model
+from tokenmill.model.registry import architecture_class, build_model
 from tokenmill.model.tokenizer import Tokenizer
 from tokenmill.quant.apply import install_quantized, quantize_model
 from tokenmill.quant.tensor import QuantizedTensor
@@ -76,14 +75,9 @@ def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel(),
     return LoadedModel(model, arch.for_rank(tp, pp), tokenizer, tp.size, pp)
 
 
-# GGUF tensor names (llama.cpp's) to Hugging Face names, which the architectures load.
+# GGUF tensor names (llama.cpp's) to Hugging Face names, which the architectures load; a layer's
+# tensors are named by its architecture (CausalLM.gguf_layer_names).
 _GGUF_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_GGUF_LAYER = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
 _GGUF_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
@@ -99,30 +93,21 @@ def _open_gguf(path: Path, keep_quantized: bool) -> tuple[ArchConfig, Weights, T
 
 
 def _hf_named_gguf_tensors(tensors: Weights, arch: ArchConfig) -> Weights:
+    architecture = architecture_class(arch)
     for name, tensor in tensors:
-        hf_name = _hf_name(name)
-        heads = {"q_proj": arch.num_heads, "k_proj": arch.num_kv_heads}.get(hf_name.split(".")[-2])
-        if heads is not None and hf_name.endswith(".weight"):
-            unpermute = functools.partial(_unpermute_rope, num_heads=heads)
-            tensor = tensor.map_rows(unpermute) if isinstance(tensor, QuantizedTensor) else unpermute(tensor)
-        yield hf_name, tensor
+        hf_name = _hf_name(name, architecture.gguf_layer_names)
+        yield hf_name, architecture.from_gguf(hf_name, tensor, arch)
 
 
-def _hf_name(gguf_name: str) -> str:
+def _hf_name(gguf_name: str, layer_names: dict[str, str]) -> str:
     base, _, kind = gguf_name.rpartition(".")
     if base in _GGUF_TOP_LEVEL:
         return f"{_GGUF_TOP_LEVEL[base]}.{kind}"
     match = _GGUF_LAYER_NAME.fullmatch(gguf_name)
-    if match is None or match.group(2) not in _GGUF_LAYER:
+    if match is None or match.group(2) not in layer_names:
         raise ValueError(f"unknown GGUF tensor {gguf_name!r}")
     layer, part, kind = match.groups()
-    return f"model.layers.{layer}.{_GGUF_LAYER[part]}.{kind}"
-
-
-def _unpermute_rope(w: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """llama.cpp stores q and k rows interleaved for its RoPE; back to Hugging Face's rotate-half order."""
-    rows = w.shape[0]
-    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    return f"model.layers.{layer}.{layer_names[part]}.{kind}"
 
 
 def _open_hf_dir(path: Path) -> tuple[ArchConfig, Weights, Tokenizer]:

@@ -1,5 +1,5 @@
-"""The tokenizer: byte-level BPE built from GGUF metadata or read from a tokenizer.json, plus the
-chat template that turns messages into a prompt."""
+"""The tokenizer: built from GGUF metadata (byte-level BPE, or SentencePiece's BPE with byte
+fallback) or read from a tokenizer.json, plus the chat template that turns messages into a prompt."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from typing import Any
 import jinja2
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 
 from tokenmill.model.gguf_file import read_gguf
 
 _CONTROL = 3  # llama.cpp token types
 _USER_DEFINED = 4
+# Tokens that end a chat turn, where the file names no end-of-turn token: generation stops at
+# them as at EOS (Gemma ends its turns with <end_of_turn> while its EOS is <eos>).
+_END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>")
+_SPACE = "\u2581"  # SentencePiece's visible space
 
 
 def _gpt2_split() -> pre_tokenizers.PreTokenizer:
@@ -54,24 +58,24 @@ class Tokenizer:
         self.eos_token_id = eos_token_id
         self.chat_template = chat_template
         self._template = _compile_template(chat_template) if chat_template else None
+        ends = [eos_token_id, *(backend.token_to_id(token) for token in _END_OF_TURN)]
+        self.eos_token_ids = tuple(dict.fromkeys(t for t in ends if t is not None))  # where generation stops
 
     @classmethod
     def from_gguf_metadata(cls, metadata: dict[str, Any]) -> Tokenizer:
         kind = metadata.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ValueError(
-                f"tokenizer.ggml.model {kind!r} is not supported: only 'gpt2' (byte-level BPE) is"
-            )
-        backend = _byte_level_bpe(metadata)
+        if kind == "gpt2":
+            backend = _byte_level_bpe(metadata)
+        elif kind == "llama":
+            backend = _sentencepiece_bpe(metadata)
+        else:
+            raise ValueError(f"tokenizer.ggml.model {kind!r} is not supported: 'gpt2' (byte-level BPE) and "
+                             "'llama' (SentencePiece BPE) are")  # fmt: skip
         bos_token_id = metadata.get("tokenizer.ggml.bos_token_id")
         if metadata.get("tokenizer.ggml.add_bos_token", False):
             _add_bos(backend, bos_token_id)
-        return cls(
-            backend,
-            bos_token_id,
-            metadata.get("tokenizer.ggml.eos_token_id"),
-            metadata.get("tokenizer.chat_template"),
-        )
+        return cls(backend, bos_token_id, metadata.get("tokenizer.ggml.eos_token_id"),
+                   metadata.get("tokenizer.chat_template"))
 
     @classmethod
     def from_pretrained_dir(cls, path: Path) -> Tokenizer:
@@ -98,6 +102,10 @@ class Tokenizer:
         return self._backend.to_str()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Ids, with BOS first where the tokenizer adds one, unless the text begins with it already
+        (a chat template that writes it, as Gemma's does)."""
+        if add_special_tokens and self.bos_token_id is not None and text.startswith(self._token_text(self.bos_token_id)):
+            add_special_tokens = False
         return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -150,6 +158,37 @@ def _byte_level_bpe(metadata: dict[str, Any]) -> tokenizers.Tokenizer:
     backend.decoder = decoders.ByteLevel()
     _add_whole_tokens(backend, tokens, metadata.get("tokenizer.ggml.token_type", []))
     return backend
+
+
+def _sentencepiece_bpe(metadata: dict[str, Any]) -> tokenizers.Tokenizer:
+    """SentencePiece's BPE: spaces spelled as U+2581, bytes outside the vocabulary as <0xNN>
+    tokens. A GGUF holds no merges for it, so they are rebuilt from the vocabulary: every split of
+    a token into two tokens, the merge ranked by its result. Gemma's scores do not follow its
+    merge order while its token order does, so the rank is the token's place in the file."""
+    if metadata.get("tokenizer.ggml.add_space_prefix", False):
+        raise ValueError("a SentencePiece vocabulary that adds a space prefix is not supported yet")
+    # A token of spaces only is stored with real spaces, while the text's spaces become U+2581.
+    tokens = [_SPACE * len(t) if t and not t.strip(" ") else t for t in metadata["tokenizer.ggml.tokens"]]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    backend = tokenizers.Tokenizer(models.BPE(vocab, _merges_from_vocab(vocab), unk_token=tokens[metadata.get(
+        "tokenizer.ggml.unknown_token_id", 0)], fuse_unk=True, byte_fallback=True))  # fmt: skip
+    backend.normalizer = normalizers.Replace(" ", _SPACE)
+    backend.decoder = decoders.Sequence([decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    _add_whole_tokens(backend, tokens, metadata.get("tokenizer.ggml.token_type", []))
+    return backend
+
+
+def _merges_from_vocab(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """The merges that build each token from two others, the earliest token's first; between
+    splits of one token, the longer left part first (as SentencePiece's own conversion ranks them)."""
+    ranked = []
+    for token, rank in vocab.items():
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((rank, -len(left), left, right))
+    ranked.sort()
+    return [(left, right) for _, _, left, right in ranked]
 
 
 def _add_whole_tokens(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:

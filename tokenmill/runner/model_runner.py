@@ -50,7 +50,7 @@ class ModelRunner:
         self.num_blocks, self.attention = self.paged.num_blocks, self.paged.attention
         logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
                     self.attention.name)
-        self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_id)
+        self.sampler = Sampler(model_config.seed, self.device, loaded.tokenizer.eos_token_ids)
         self.lora = None if lora_config is None else LoRAManager(self.model, lora_config, self.device, self.dtype)
         self.input_batch = InputBatch(self.device, self.lora)
         self.speculator: Speculator | None = None

@@ -54,7 +54,8 @@ class PagedModel:
             scales = None if kv_scales is None else kv_scales[layer]
             attn.kv = kv_block_views(kv_cache[layer], scales, block_size, attn.num_kv_heads, attn.head_dim)
         attention = select_attention_backend(config.attention_backend, config.device, config.activation_dtype,
-                                             loaded.arch.num_queries_per_kv, loaded.arch.head_dim, block_size)
+                                             loaded.arch.num_queries_per_kv, loaded.arch.head_dim, block_size,
+                                             sliding_window=loaded.arch.layer_types is not None)
         if attention.name == "cpu":  # the C elementwise kernels go with the C attention kernel: float32
             ops = FusedOps.load()
             if ops is not None:

@@ -24,9 +24,9 @@ class SamplerOutput:
 
 
 class Sampler:
-    def __init__(self, seed: int, device: torch.device, eos_token_id: int | None) -> None:
+    def __init__(self, seed: int, device: torch.device, eos_token_ids: tuple[int, ...]) -> None:
         self.generator = torch.Generator(device).manual_seed(seed)
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = eos_token_ids  # EOS and the end-of-turn tokens: they end a sequence
         self.grammar_mask_seconds = 0.0  # structured outputs: applying the engine's masks, since start
 
     def __call__(self, logits: torch.Tensor, seqs: list[RunnerSequence],
@@ -90,8 +90,8 @@ class Sampler:
             stop_ids = []
             if seq.num_output_tokens < seq.params.min_tokens:
                 stop_ids = list(seq.params.stop_token_ids or [])
-                if not seq.params.ignore_eos and self.eos_token_id is not None:
-                    stop_ids.append(self.eos_token_id)
+                if not seq.params.ignore_eos:
+                    stop_ids += self.eos_token_ids
             rows += [row] * (len(bias) + len(stop_ids))
             cols += [*bias, *stop_ids]
             values += [*bias.values(), *[float("-inf")] * len(stop_ids)]
