@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import statistics
 import tempfile
@@ -80,7 +81,7 @@ def chat(url: str, model: str, question: str, max_tokens: int, stream: bool = Fa
     seconds = time.perf_counter() - start
     if stream:
         return seconds, raw.decode(), response.headers
-    return seconds, httpx.Response(200, content=raw).json()["choices"][0]["message"]["content"], response.headers
+    return seconds, json.loads(raw)["choices"][0]["message"]["content"], response.headers
 
 
 def exact_cache(backend: LocalServer, logs: Path, rounds: int) -> list[list[str]]:
