@@ -51,6 +51,7 @@ def test_a_killed_backend_loses_no_request_that_had_not_begun(tmp_path):
         assert router.metric("tokenmill_router:backend_healthy", backend=victim.url) == 0
         assert router.metric("tokenmill_router:backend_healthy") == 2
         assert router.metric("tokenmill_router:backend_in_flight") == 0  # nothing counted after it ended
+        assert router.metric("tokenmill_router:backend_tokens_in_flight") == 0
         assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices[0].text is not None
     finally:
         RUNNING.remove(backends[1])

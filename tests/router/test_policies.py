@@ -35,6 +35,18 @@ def test_round_robin_and_least_loaded():
     assert LeastLoaded().choose(RouteRequest(""), pool).url == "http://b1"
 
 
+def test_least_loaded_weighs_tokens_not_requests():
+    long_prompt, short = RouteRequest("word " * 1200, max_tokens=32), RouteRequest("Summarize it.", max_tokens=32)
+    assert long_prompt.prompt_tokens == 1501 and short.output_tokens == 32
+    assert RouteRequest("hi").output_tokens == RouteRequest("hi", max_tokens=0).output_tokens > 0
+    pool = backends(0, 0, 0)
+    pool[0].tokens_in_flight = long_prompt.prompt_tokens + long_prompt.output_tokens  # one long request
+    pool[1].in_flight = pool[2].in_flight = 3  # three short ones each
+    pool[1].tokens_in_flight = pool[2].tokens_in_flight = 3 * (short.prompt_tokens + short.output_tokens)
+    pool[0].in_flight = 1
+    assert LeastLoaded().choose(long_prompt, pool).url == "http://b1"  # not behind the long prefill
+
+
 def test_prefix_aware_follows_the_cached_prefix_until_the_load_is_too_unbalanced():
     policy, pool = PrefixAware(RouterConfig(backends=("x",))), backends(0, 0, 0)
     first = policy.choose(RouteRequest(SYSTEM + "q1"), pool)

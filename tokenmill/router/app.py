@@ -118,7 +118,8 @@ def build_app(config: RouterConfig) -> FastAPI:
     async def _route(body: dict, path: str, headers: dict[str, str], request: Request, keeper: _Keeper | None,
                      ) -> Response:  # fmt: skip
         """The answer of a backend chosen by the policy, retried on another while one fails before answering."""
-        route = RouteRequest(_prompt_text(body), request.headers.get(config.session_header) or body.get("user"))
+        route = RouteRequest(_prompt_text(body), request.headers.get(config.session_header) or body.get("user"),
+                             body.get("max_completion_tokens") or body.get("max_tokens"))
         tried: set[Backend] = set()
         while True:
             candidates = pool.candidates(body.get("model"), exclude=tried)
@@ -126,7 +127,7 @@ def build_app(config: RouterConfig) -> FastAPI:
                 raise _no_backend(body.get("model"), tried)
             backend = policy.choose(route, candidates)
             tried.add(backend)
-            answer = await _send(client, backend, path, body, headers, metrics, keeper)
+            answer = await _send(client, _Exchange(backend, route, metrics), path, body, headers, keeper)
             if answer is not None:
                 return answer
             pool.take_out(backend, "it failed before answering")
@@ -150,13 +151,13 @@ class _Keeper:
             self.metrics.cache_stores.inc()
 
 
-async def _send(client: httpx.AsyncClient, backend: Backend, path: str, body: dict, headers: dict[str, str],
-                metrics: RouterMetrics, keeper: _Keeper | None = None) -> Response | None:  # fmt: skip
+async def _send(client: httpx.AsyncClient, exchange: _Exchange, path: str, body: dict, headers: dict[str, str],
+                keeper: _Keeper | None = None) -> Response | None:  # fmt: skip
     """The backend's answer, a stream passed through as it comes; None if the backend is down: no
     connection, a 502/503/504, or the connection lost before the answer's first byte. A backend
     too slow to answer gets the client a 504 and stays in (it is busy, not gone). With a keeper, an
     answer that comes back whole (streamed or not) is also cached."""
-    exchange = _Exchange(backend, metrics)
+    backend, metrics = exchange.backend, exchange.metrics
     streamed = bool(body.get("stream"))
     capture = StreamCapture(pass_usage=wants_usage(body)) if keeper is not None and streamed else None
     try:
@@ -210,20 +211,25 @@ class _BackendDown(Exception):
 
 
 class _Exchange:
-    """One request at one backend: in flight from its start until closed, once, however it ends."""
+    """One request at one backend: in flight from its start until closed, once, however it ends.
+    Its estimated prompt and output tokens count as the backend's load all that time (a chat
+    stream's first bytes come before the prefill, so they cannot tell when the prompt is done)."""
 
-    def __init__(self, backend: Backend, metrics: RouterMetrics) -> None:
+    def __init__(self, backend: Backend, route: RouteRequest, metrics: RouterMetrics) -> None:
         self.backend, self.metrics, self.start = backend, metrics, time.monotonic()
         self.response: httpx.Response | None = None
         self.closed = False
+        self.tokens = route.prompt_tokens + route.output_tokens
         backend.in_flight += 1
         backend.requests += 1
+        backend.tokens_in_flight += self.tokens
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.backend.in_flight -= 1  # first: whatever happens to the await below
+        self.backend.tokens_in_flight -= self.tokens
         self.metrics.latency.labels(self.backend.url).observe(time.monotonic() - self.start)
         if self.response is not None:
             with anyio.CancelScope(shield=True):  # a cancelled request still gives its connection back

@@ -26,6 +26,7 @@ class Backend:
     healthy: bool = False  # until its first health check
     models: frozenset[str] = frozenset()
     in_flight: int = 0  # requests the router has sent it and not seen end
+    tokens_in_flight: int = 0  # their estimated prompt and output tokens (router/policies.py)
     requests: int = 0
     taken_out_at: float = 0.0  # when a request last found it down: checks begun before do not bring it back
 

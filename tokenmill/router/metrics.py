@@ -32,6 +32,9 @@ class RouterMetrics:
                              ["backend"], registry=self.registry)
         self.in_flight = Gauge("tokenmill_router:backend_in_flight", "Requests in flight at each backend",
                                ["backend"], registry=self.registry)
+        self.tokens_in_flight = Gauge("tokenmill_router:backend_tokens_in_flight", "Estimated tokens in flight "
+                                      "at each backend: prompts not yet answered, outputs not yet ended",
+                                      ["backend"], registry=self.registry)  # fmt: skip
 
     def count_cascade(self, outcome: CascadeOutcome) -> None:
         self.cascade_requests.labels(outcome.answered_by).inc()
@@ -42,4 +45,5 @@ class RouterMetrics:
         for backend in pool.backends.values():
             self.healthy.labels(backend.url).set(int(backend.healthy))
             self.in_flight.labels(backend.url).set(backend.in_flight)
+            self.tokens_in_flight.labels(backend.url).set(backend.tokens_in_flight)
         return generate_latest(self.registry)

@@ -1,7 +1,9 @@
 """How the router picks a backend among the healthy ones that serve the request's model.
 
 - round_robin: each in turn.
-- least_loaded / model_aware: the fewest requests in flight (the router's own counts).
+- least_loaded / model_aware: the fewest tokens in flight (the router's own estimates of each
+  request's prompt and output, counted until its answer ends), so that a backend prefilling a long
+  prompt counts as busier than one decoding a few short answers; ties go to the fewest requests.
 - prefix_aware: SGLang's cache-aware policy over an approximate prefix tree per backend
   (router/prefix_tree.py): the backend that has seen the longest prefix of the prompt, unless the
   load is too unbalanced or the match too short, when the least loaded one.
@@ -21,10 +23,23 @@ from tokenmill.router.config import RouterConfig
 from tokenmill.router.prefix_tree import PrefixTree
 
 
+CHARS_PER_TOKEN = 4  # English text's usual ratio: the router estimates, without the backend's tokenizer
+OUTPUT_TOKENS_UNBOUNDED = 256  # what a request without max_tokens weighs for its output
+
+
 @dataclass(frozen=True)
 class RouteRequest:
     text: str  # the prompt, or the messages' contents joined: what prefix matching reads
     session: str | None = None
+    max_tokens: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.text) // CHARS_PER_TOKEN + 1
+
+    @property
+    def output_tokens(self) -> int:
+        return self.max_tokens if isinstance(self.max_tokens, int) and self.max_tokens > 0 else OUTPUT_TOKENS_UNBOUNDED
 
 
 class Policy(Protocol):
@@ -75,7 +90,7 @@ class SessionAffinity:
 
 
 def least_loaded(candidates: list[Backend]) -> Backend:
-    return min(candidates, key=lambda b: (b.in_flight, b.requests))
+    return min(candidates, key=lambda b: (b.tokens_in_flight, b.in_flight, b.requests))
 
 
 def make_policy(config: RouterConfig) -> Policy:
