@@ -95,6 +95,9 @@ class CacheConfig:
     kv_cache_memory_fraction: float = 0.1
     enable_prefix_caching: bool = True  # reuse the KV of prompt prefixes seen before
     kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPE_CHOICES
+    # Sliding-window models keep their windowed layers' KV in block tables of their own and free
+    # what falls behind the window (kv/layout.py); disabled: one table, windows masked, nothing freed.
+    disable_hybrid_kv_cache_manager: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPE_CHOICES)
@@ -336,6 +339,7 @@ class EngineConfig:
         attention_backend: str = ModelConfig.attention_backend,
         enable_prefix_caching: bool = CacheConfig.enable_prefix_caching,
         kv_cache_dtype: str = CacheConfig.kv_cache_dtype,
+        disable_hybrid_kv_cache_manager: bool = CacheConfig.disable_hybrid_kv_cache_manager,
         quantization: str | None = "auto",
         quantization_group_size: int = ModelConfig.quantization_group_size,
         speculative_config: dict | None = None,
@@ -379,7 +383,7 @@ class EngineConfig:
         return cls(
             model_config,
             CacheConfig(block_size, kv_cache_memory, kv_cache_memory_fraction, enable_prefix_caching,
-                        mode.kv_cache_dtype),
+                        mode.kv_cache_dtype, disable_hybrid_kv_cache_manager),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens,
                             speculative.num_lookahead_tokens if speculative is not None else 0,
                             max_loras if enable_lora else 0),

@@ -49,6 +49,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="int4: input channels per scale")
     parser.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=KV_CACHE_DTYPE_CHOICES,
                         help="int8: one byte per K/V element with a scale per token and head")
+    parser.add_argument("--disable-hybrid-kv-cache-manager", action="store_true",
+                        help="sliding-window models: one block table for all layers, windows masked and nothing "
+                             "freed (by default the windowed layers free the KV behind their window)")
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'; '
                              'methods: ngram, draft, heads, ngram_heads')
@@ -104,6 +107,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
         enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
+        disable_hybrid_kv_cache_manager=args.disable_hybrid_kv_cache_manager,
         speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
         enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras, tensor_parallel_size=args.tensor_parallel_size,

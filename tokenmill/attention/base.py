@@ -30,6 +30,9 @@ class AttentionBatch:
     block_tables: torch.Tensor  # [S, max_blocks] int32, padded with block 0
     num_decode: int  # the first num_decode sequences have exactly one query (decode rows)
     block_size: int
+    # The tables hold only the blocks within this many tokens of the queries (a windowed KV group,
+    # kv/layout.py): the blocks before are holes, and a backend need not read them.
+    window: int | None = None
 
 
 class AttentionPlan(Protocol):
@@ -54,6 +57,30 @@ class AttentionBackend(Protocol):
 
 
 @dataclass(frozen=True)
+class GroupedPlan:
+    """One plan per KV group (each group's block tables differ); a layer's view names its group."""
+
+    plans: list[AttentionPlan]
+
+    @property
+    def batch(self) -> AttentionBatch:
+        return self.plans[0].batch
+
+    def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.plans[kv.group].write(kv, k, v)
+
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
+        return self.plans[kv.group].attend(q, kv, window)
+
+
+def plan_step(backend: AttentionBackend, batches: list[AttentionBatch]) -> AttentionPlan:
+    """The step's plan: the backend's own for one KV group, a GroupedPlan for several."""
+    if len(batches) == 1:
+        return backend.plan(batches[0])
+    return GroupedPlan([backend.plan(batch) for batch in batches])
+
+
+@dataclass(frozen=True)
 class KVCacheView:
     """One layer's K and V blocks, as the attention backends read them.
 
@@ -67,6 +94,7 @@ class KVCacheView:
     values: torch.Tensor
     key_scales: torch.Tensor | None = None
     value_scales: torch.Tensor | None = None
+    group: int = 0  # the KV group whose block tables address these blocks (kv/layout.py)
 
     def write(self, k: torch.Tensor, v: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor) -> None:
         """Stores new tokens' k and v ([T, KVH, D]) at (blocks, offsets), quantizing for int8; in
@@ -89,14 +117,15 @@ def check_no_window(window: int | None, backend: str) -> None:
 
 
 def kv_block_views(
-    layer_pool: torch.Tensor, layer_scales: torch.Tensor | None, block_size: int, num_kv_heads: int, head_dim: int
+    layer_pool: torch.Tensor, layer_scales: torch.Tensor | None, block_size: int, num_kv_heads: int, head_dim: int,
+    group: int = 0,
 ) -> KVCacheView:
     """One layer's view of the pool ([2, num_blocks, block elements]) and, for int8, of its scales
-    ([2, num_blocks, KVH * block_size])."""
+    ([2, num_blocks, KVH * block_size]); group: the KV group whose tables address them."""
     num_blocks = layer_pool.shape[1]
     keys = layer_pool[0].view(num_blocks, num_kv_heads, head_dim, block_size)
     values = layer_pool[1].view(num_blocks, num_kv_heads, block_size, head_dim)
     if layer_scales is None:
-        return KVCacheView(keys, values)
+        return KVCacheView(keys, values, group=group)
     key_scales, value_scales = layer_scales.view(2, num_blocks, num_kv_heads, block_size)
-    return KVCacheView(keys, values, key_scales, value_scales)
+    return KVCacheView(keys, values, key_scales, value_scales, group)

@@ -20,7 +20,8 @@ from tokenmill.attention.base import AttentionBatch, KVCacheView
 @dataclass(frozen=True)
 class AttentionGroup:
     rows: slice  # this group's rows in the flat batch
-    block_tables: torch.Tensor  # [B, max_blocks] int64
+    block_tables: torch.Tensor  # [B, max_blocks] int64: the blocks gathered, from each sequence's first in reach
+    key_pos: torch.Tensor  # [B, max_blocks * block_size]: the position of each gathered key
     mask: torch.Tensor  # [B, 1, Lq * G, max_blocks * block_size] bool: key j visible to query row
     query_index: torch.Tensor | None  # [B * Lq] rows of the group for each padded query; None: no padding
     query_valid: torch.Tensor | None  # [B * Lq] bool, real (not padding) queries
@@ -34,8 +35,7 @@ class AttentionGroup:
         if window is None:
             return self.mask
         if window not in self.windowed:  # once per step: every layer with this window shares it
-            keys = torch.arange(self.mask.shape[-1], device=self.mask.device)
-            recent = keys[None, None, :] > self.query_pos[:, :, None] - window
+            recent = self.key_pos[:, None, :] > self.query_pos[:, :, None] - window
             self.windowed[window] = self.mask & _per_head(recent, self.num_queries_per_kv)
         return self.windowed[window]
 
@@ -72,16 +72,24 @@ class TorchAttentionBackend:
         q_lens = q_starts[1:] - q_starts[:-1]
         seq_lens = batch.seq_lens[lo:hi].long()
         max_q = int(q_lens.max())
-        width = int((seq_lens.max() + batch.block_size - 1) // batch.block_size)
+        size = batch.block_size
+        # A windowed group's tables hold holes before each sequence's first block in reach of its
+        # first query: gather from there, so that each step reads the window, not the whole context.
+        first = (seq_lens - q_lens - batch.window + 1).clamp(min=0) // size if batch.window else 0 * seq_lens
+        width = int(((seq_lens + size - 1) // size - first).max())
+        index = first[:, None] + torch.arange(width, device=device)[None, :]
+        tables = batch.block_tables[lo:hi].long()
         # Query i of sequence b sits at position seq_len_b - q_len_b + i and sees keys 0..there.
         # Padding queries copy the sequence's last real query, so no row is fully masked.
         i = torch.minimum(torch.arange(max_q, device=device)[None, :], (q_lens - 1)[:, None])
         query_pos = (seq_lens - q_lens)[:, None] + i
-        mask = torch.arange(width * batch.block_size, device=device)[None, None, :] <= query_pos[:, :, None]
+        key_pos = (first * size)[:, None] + torch.arange(width * size, device=device)[None, :]
+        mask = key_pos[:, None, :] <= query_pos[:, :, None]  # keys past a table's end are past its queries
         padded = bool((q_lens != max_q).any())
         return AttentionGroup(
             rows=slice(int(q_starts[0]), int(q_starts[-1])),
-            block_tables=batch.block_tables[lo:hi, :width].long(),
+            block_tables=tables.gather(1, index.clamp(max=tables.shape[1] - 1)),
+            key_pos=key_pos,
             mask=_per_head(mask, self.num_queries_per_kv),
             query_index=((q_starts[:-1] - q_starts[0])[:, None] + i).flatten() if padded else None,
             query_valid=(torch.arange(max_q, device=device)[None, :] < q_lens[:, None]).flatten() if padded else None,

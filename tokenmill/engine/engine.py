@@ -49,8 +49,10 @@ class LLMEngine:
         self.runner = self.executor.runner  # rank 0's: what the engine reads of the runner's state
         self.tokenizer = self.executor.loaded.tokenizer
         self.arch = self.executor.loaded.arch
+        layout = self.runner.kv_layout
+        _check_kv_groups(config, layout.num_groups)
         self.kv_manager = KVCacheManager(self.runner.num_blocks, config.cache.block_size,
-                                         config.cache.enable_prefix_caching)
+                                         config.cache.enable_prefix_caching, group_windows=layout.group_windows)
         self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
         self.kv_transfer = _kv_transfer(config, self.runner, self.kv_manager)  # disaggregated serving, or None
         self.scheduler = Scheduler(config.scheduler, self.kv_manager, self.executor.pipeline_depth,
@@ -383,6 +385,18 @@ class LLMEngine:
         except BaseException:  # an interrupt, or an error in a step: give its blocks back
             self.abort_request(request_id)
             raise
+
+
+def _check_kv_groups(config: EngineConfig, num_groups: int) -> None:
+    """Several KV groups (a sliding-window model's freeing, kv/layout.py) reach the model runner's
+    own steps only: draft models, parked KV and pipeline stages address one table per sequence."""
+    uses = {"speculative decoding": config.speculative is not None,
+            "disaggregated prefill (--kv-role)": config.kv_transfer.kv_role is not None,
+            "pipeline parallelism": config.parallel.pipeline_parallel_size > 1}  # fmt: skip
+    unsupported = [name for name, used in uses.items() if used]
+    if num_groups > 1 and unsupported:
+        raise ValueError(f"{unsupported[0]} does not work with a sliding-window model's hybrid KV cache yet; "
+                         "add --disable-hybrid-kv-cache-manager (the windows are masked, nothing freed)")
 
 
 def _kv_transfer(config: EngineConfig, runner: ModelRunner, kv: KVCacheManager) -> KVTransfer | None:

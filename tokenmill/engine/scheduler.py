@@ -90,7 +90,7 @@ class Scheduler:
         """Preempts from the back of the running list (sequences in flight excepted) until seq's new
         tokens fit; False if seq went, or if only sequences in flight could make room: seq then
         waits for their step to come back, keeping its blocks."""
-        while not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
+        while not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens), seq.num_computed_tokens):
             victim = next(s for s in reversed(self.running) if s.seq_id not in self._busy)
             if victim is seq and self._busy:
                 return False
@@ -105,7 +105,7 @@ class Scheduler:
         return seq.num_computed_tokens + num_tokens + self.config.num_lookahead_tokens
 
     def _allocate(self, seq: Sequence, num_tokens: int) -> None:
-        self.kv.allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens))
+        self.kv.allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens), seq.num_computed_tokens)
 
     def _schedule_waiting(self, budget: int) -> None:
         for seq in list(self.waiting):
@@ -119,7 +119,7 @@ class Scheduler:
                 self.remote_prefix(seq)
             self._take_cached_prefix(seq)
             num_tokens = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens)):
+            if not self.kv.can_allocate(seq.seq_id, self._tokens_to_hold(seq, num_tokens), seq.num_computed_tokens):
                 self._release_prefix(seq)
                 return
             self._allocate(seq, num_tokens)
@@ -213,6 +213,7 @@ class Scheduler:
             seq.num_computed_tokens += num_tokens - rejected
             self.kv.trim(seq.seq_id, seq.num_computed_tokens + self.config.num_lookahead_tokens)
             self.kv.cache_full_blocks(seq, seq.num_computed_tokens)
+            self.kv.free_behind(seq.seq_id, seq.num_computed_tokens)  # a sliding window's blocks left behind
             seq.spec_token_ids = result.spec_token_ids.get(seq.seq_id, [])
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None,

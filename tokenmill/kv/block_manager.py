@@ -1,8 +1,7 @@
 """The KV block pool's bookkeeping: a free queue and reference counts, pure Python over ids.
 
-A sequence owns a block table (a list of block ids); its token i lives in block
-table[i // block_size] at offset i % block_size. Blocks are taken only as tokens arrive,
-never reserved for a sequence's maximum length.
+A sequence owns a block table (a list of block ids, kv/kv_manager.py); blocks are taken only as
+tokens arrive, never reserved for a sequence's maximum length.
 
 With a prefix cache, a block no one references keeps its content (and its name in the cache)
 while it waits in the free queue; a request that needs that content takes it back out. New
@@ -23,11 +22,10 @@ from tokenmill.kv.prefix_cache import PrefixCache
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, prefix_cache: PrefixCache | None = None) -> None:
+    def __init__(self, num_blocks: int, prefix_cache: PrefixCache | None = None) -> None:
         if num_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
-        self.block_size = block_size
         self.ref_counts = [0] * num_blocks
         self.prefix_cache = prefix_cache
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # front: reused first
@@ -44,24 +42,18 @@ class BlockManager:
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
 
-    def num_blocks_needed(self, block_table: list[int], num_tokens: int) -> int:
-        """How many more blocks a table needs to hold num_tokens tokens."""
-        return max(0, -(-num_tokens // self.block_size) - len(block_table))
-
-    def can_allocate(self, block_table: list[int], num_tokens: int) -> bool:
-        return self.num_blocks_needed(block_table, num_tokens) <= self.num_free_blocks
-
-    def allocate(self, block_table: list[int], num_tokens: int) -> None:
-        """Grows block_table in place until it holds num_tokens tokens."""
-        needed = self.num_blocks_needed(block_table, num_tokens)
-        if needed > self.num_free_blocks:
-            raise RuntimeError(f"out of KV blocks: need {needed}, {self.num_free_blocks} free")
-        for _ in range(needed):
+    def take(self, count: int) -> list[int]:
+        """count blocks from the free queue's front, each referenced once."""
+        if count > self.num_free_blocks:
+            raise RuntimeError(f"out of KV blocks: need {count}, {self.num_free_blocks} free")
+        taken = []
+        for _ in range(count):
             block_id, _ = self._free.popitem(last=False)
             if self.prefix_cache is not None:
                 self.prefix_cache.evict(block_id)
             self.ref_counts[block_id] = 1
-            block_table.append(block_id)
+            taken.append(block_id)
+        return taken
 
     def share(self, block_ids: list[int]) -> list[int]:
         """A new table referencing the same blocks: a forked sequence's prefix, or cached blocks
@@ -83,13 +75,6 @@ class BlockManager:
             if self.ref_counts[block_id] == 0:
                 self._free[block_id] = None
         block_table.clear()
-
-    def trim(self, block_table: list[int], num_tokens: int) -> None:
-        """Frees the table's blocks beyond those holding num_tokens tokens (speculative tokens the
-        model rejected), tail first."""
-        keep = -(-num_tokens // self.block_size)
-        self.free(block_table[keep:])
-        del block_table[keep:]
 
     def free_block_ids(self) -> list[int]:
         """The free queue, front (reused first) to back."""

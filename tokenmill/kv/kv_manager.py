@@ -8,6 +8,12 @@ table may have holes (`null_block`, from free_blocks), so that blocks behind a s
 back to the pool while the positions after them stay.
 Each table remembers the first entry changed since the runner last heard of it (take_changes),
 so a step sends only what is new.
+
+With several groups of layers (kv/layout.py: each its own span), a sequence's table interleaves
+them: entry i * num_groups + g is block i of group g, so everything that moves tables (the
+scheduler's diffs, the runner's copy) handles one flat list whatever the model. A windowed
+group's entries behind its window are holes: `free_behind` gives them back as the sequence goes
+on, and `allocate` never fills them (a long prompt's chunks take blocks only within reach).
 """
 
 from __future__ import annotations
@@ -32,18 +38,22 @@ class KVRequest(Protocol):
 
 @dataclass
 class _Blocks:
-    table: list[int] = field(default_factory=list)
-    num_cached: int = 0  # the table's first blocks that the prefix cache names
+    table: list[int] = field(default_factory=list)  # num_groups entries per block of tokens
+    num_cached: int = 0  # the first blocks of tokens that the prefix cache names
     changed_from: int = 0  # the first entry of table the runner has not seen
+    freed_until: int = 0  # the windowed groups' blocks before this one are holes
 
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 allow_holes: bool = False) -> None:
-        """allow_holes: the KV pool has one block more than num_blocks, the null block."""
-        self.pool = BlockManager(num_blocks, block_size, PrefixCache() if enable_prefix_caching else None)
+                 allow_holes: bool = False, group_windows: tuple[int | None, ...] = (None,)) -> None:  # fmt: skip
+        """allow_holes: the KV pool has one block more than num_blocks, the null block (implied
+        by a windowed group). group_windows: each group's span in tokens, None for the whole context."""
+        self.pool = BlockManager(num_blocks, PrefixCache() if enable_prefix_caching else None)
         self.block_size = block_size
-        self.allow_holes = allow_holes
+        self.group_windows = group_windows
+        self.num_groups = len(group_windows)
+        self.allow_holes = allow_holes or any(w is not None for w in group_windows)
         self._blocks: dict[int, _Blocks] = {}
         # The hash chain of each sequence's full blocks: its tokens' alone, so it outlives the
         # sequence's blocks (a preemption, a failed admission) until the sequence ends.
@@ -81,20 +91,58 @@ class KVCacheManager:
         blocks = self._blocks.get(seq_id)
         return [] if blocks is None else blocks.table
 
-    def can_allocate(self, seq_id: int, num_tokens: int) -> bool:
-        return self.pool.can_allocate(self.block_table(seq_id), num_tokens)
+    def can_allocate(self, seq_id: int, num_tokens: int, num_computed: int = 0) -> bool:
+        """Whether the pool has the blocks for num_tokens tokens, of which num_computed are done
+        (free_behind first: the windowed groups need only the blocks within reach)."""
+        return len(self._new_entries(self.block_table(seq_id), num_tokens, num_computed)) <= self.num_free_blocks
 
-    def allocate(self, seq_id: int, num_tokens: int) -> None:
-        """Grows the table until it holds num_tokens tokens (raises when the pool is short)."""
+    def allocate(self, seq_id: int, num_tokens: int, num_computed: int = 0) -> None:
+        """Grows the table until it holds num_tokens tokens, of which num_computed are done: the
+        windowed groups' blocks out of reach of the tokens to compute stay holes. Raises when the
+        pool is short."""
         blocks = self._entry(seq_id)
-        self.pool.allocate(blocks.table, num_tokens)
+        entries = self._new_entries(blocks.table, num_tokens, num_computed)
+        taken = iter(self.pool.take(len(entries)))
+        blocks.table += [next(taken) if real else self.null_block for real in entries]
+
+    def _new_entries(self, table: list[int], num_tokens: int, num_computed: int) -> list[bool]:
+        """The entries growing table to num_tokens adds: True for a block, False for a hole."""
+        have, need = len(table) // self.num_groups, -(-num_tokens // self.block_size)
+        reach = [self._first_in_reach(w, num_computed) for w in self.group_windows]
+        return [i >= first for i in range(have, need) for first in reach]
+
+    def _first_in_reach(self, window: int | None, num_computed: int) -> int:
+        """The first block a group's next query (at position num_computed) reads."""
+        return 0 if window is None else max(0, num_computed - window + 1) // self.block_size
+
+    def free_behind(self, seq_id: int, num_computed: int) -> None:
+        """Gives back the windowed groups' blocks that no query from position num_computed on reads."""
+        blocks = self._blocks.get(seq_id)
+        num_logical = 0 if blocks is None else len(blocks.table) // self.num_groups
+        reach = {g: min(num_logical, self._first_in_reach(w, num_computed))
+                 for g, w in enumerate(self.group_windows) if w is not None}  # fmt: skip
+        if blocks is None or not reach:
+            return
+        for i in range(blocks.freed_until, max(reach.values())):  # idempotent: groups of longer windows lag
+            for g, first in reach.items():
+                if i < first:
+                    self._free_entry(blocks, i * self.num_groups + g)
+        blocks.freed_until = max(blocks.freed_until, min(reach.values()))
+
+    def _free_entry(self, blocks: _Blocks, index: int) -> None:
+        if blocks.table[index] != self.null_block:
+            self.pool.free([blocks.table[index]])
+            blocks.table[index] = self.null_block
+            blocks.changed_from = min(blocks.changed_from, index)
 
     def trim(self, seq_id: int, num_tokens: int) -> None:
         """Gives back the blocks past those holding num_tokens tokens (rejected proposals' KV)."""
         blocks = self._blocks[seq_id]
-        self.pool.trim(blocks.table, num_tokens)
+        keep = -(-num_tokens // self.block_size)
+        self.pool.free(blocks.table[keep * self.num_groups :])
+        del blocks.table[keep * self.num_groups :]
         blocks.changed_from = min(blocks.changed_from, len(blocks.table))
-        blocks.num_cached = min(blocks.num_cached, len(blocks.table))
+        blocks.num_cached = min(blocks.num_cached, keep)
 
     def free_blocks(self, seq_id: int, start: int, end: int) -> None:
         """Gives back table[start:end], leaving holes: the positions after them keep their blocks."""
@@ -118,7 +166,8 @@ class KVCacheManager:
         """seq_id's table starts as source_id's first num_blocks (n > 1 samples share their prompt);
         the source named them in the prefix cache already."""
         source = self._blocks[source_id]
-        self._blocks[seq_id] = _Blocks(self.pool.share(source.table[:num_blocks]), num_cached=num_blocks)
+        table = self.pool.share(source.table[: num_blocks * self.num_groups])
+        self._blocks[seq_id] = _Blocks(table, num_cached=num_blocks)
 
     def take_changes(self, seq_id: int) -> tuple[int, list[int]]:
         """(start, table[start:]): what changed since the last call, for the runner's copy."""
@@ -141,9 +190,37 @@ class KVCacheManager:
         num_blocks = (len(seq.token_ids) - 1) // self.block_size  # full blocks, short of the last token
         hashes = self._hashes.setdefault(seq.seq_id, [])
         chain_hashes(seq.token_ids, self.block_size, num_blocks, hashes, seq.extra_keys)
-        blocks.table = self.pool.share(cache.lookup(hashes[:num_blocks]))
-        blocks.num_cached = len(blocks.table)
-        return len(blocks.table) * self.block_size
+        found = [cache.lookup([self._key(h, g) for h in hashes[:num_blocks]]) if w is None else None
+                 for g, w in enumerate(self.group_windows)]  # fmt: skip
+        num_hit = min([len(f) for f in found if f is not None], default=num_blocks)
+        while num_hit > 0 and not self._window_cached(hashes, num_hit):
+            num_hit -= 1  # a windowed group lacks a block the next query reads: a shorter prefix
+        table = []
+        for i in range(num_hit):
+            for g, window in enumerate(self.group_windows):
+                if window is None:
+                    table.append(found[g][i])
+                elif i < self._first_in_reach(window, num_hit * self.block_size):
+                    table.append(self.null_block)
+                else:
+                    table += cache.lookup([self._key(hashes[i], g)])
+        blocks.table = self.pool.share(table)
+        blocks.num_cached = num_hit
+        return num_hit * self.block_size
+
+    def _window_cached(self, hashes: list[BlockHash], num_blocks: int) -> bool:
+        """Whether every windowed group has, cached, the blocks its query after num_blocks reads."""
+        cache = self.prefix_cache
+        for g, window in enumerate(self.group_windows):
+            if window is not None:
+                needed = hashes[self._first_in_reach(window, num_blocks * self.block_size) : num_blocks]
+                if len(cache.lookup([self._key(h, g) for h in needed])) < len(needed):
+                    return False
+        return True
+
+    def _key(self, block_hash: BlockHash, group: int) -> BlockHash:
+        """A block's name in the prefix cache: its hash, and which group's layers it holds."""
+        return block_hash if group == 0 else block_hash + group.to_bytes(2, "little")
 
     def cache_full_blocks(self, seq: KVRequest, num_computed_tokens: int) -> None:
         """Names in the prefix cache every full block of seq whose tokens are all computed."""
@@ -158,8 +235,10 @@ class KVCacheManager:
         hashes = self._hashes.setdefault(seq.seq_id, [])
         chain_hashes(seq.token_ids, self.block_size, num_full, hashes, seq.extra_keys)
         for i in range(blocks.num_cached, num_full):
-            if blocks.table[i] != self.null_block:
-                cache.insert(blocks.table[i], hashes[i])
+            for g in range(self.num_groups):
+                block_id = blocks.table[i * self.num_groups + g]
+                if block_id != self.null_block:
+                    cache.insert(block_id, self._key(hashes[i], g))
         blocks.num_cached = num_full
 
     def record_query(self, num_tokens: int, num_hits: int) -> None:

@@ -15,7 +15,7 @@ from tokenmill.runner.input_batch import RunnerSequence
 class ModelInput:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
-    attn: AttentionBatch
+    attn_groups: list[AttentionBatch]  # one per KV group (kv/layout.py)
     logits_indices: torch.Tensor  # rows whose next token is sampled, or verified
     sampled_seqs: list[RunnerSequence]  # the sequences those rows belong to, in order
     num_logits: list[int]  # rows per sampled sequence: 1, or 1 + its proposals
@@ -23,8 +23,15 @@ class ModelInput:
     prompt_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
     lora_slots: list[int] | None = None  # each row's LoRA slot (-1: none); None when no row has one
 
+    @property
+    def attn(self) -> AttentionBatch:
+        """The attention batch of a model with one KV group (the captured steps' models)."""
+        return self.attn_groups[0]
 
-def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, device: torch.device) -> ModelInput:
+
+def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, device: torch.device,
+                  group_windows: tuple[int | None, ...] = (None,)) -> ModelInput:  # fmt: skip
+    """group_windows: the KV groups' spans; each sequence's block table interleaves their blocks."""
     # Decode rows (one new token) first, then prefill chunks: backends may treat them apart.
     scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
     input_ids: list[int] = []
@@ -43,12 +50,14 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
             sampled.append(seq)
             num_logits.append(rows)
 
-    attn, positions = query_batch([s.block_table for s, _ in scheduled], [s.num_computed_tokens for s, _ in scheduled],
-                                  [n for _, n in scheduled], block_size, device)
+    starts, lengths = [s.num_computed_tokens for s, _ in scheduled], [n for _, n in scheduled]
+    groups = len(group_windows)
+    batches = [query_batch([s.block_table if groups == 1 else s.block_table[g::groups] for s, _ in scheduled],
+                           starts, lengths, block_size, device, window) for g, window in enumerate(group_windows)]
     return ModelInput(
         input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
-        positions=positions,
-        attn=attn,
+        positions=batches[0][1],
+        attn_groups=[attn for attn, _ in batches],
         logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
         sampled_seqs=sampled,
         num_logits=num_logits,
@@ -59,9 +68,10 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
 
 
 def query_batch(block_tables: list[list[int]], starts: list[int], lengths: list[int], block_size: int,
-                device: torch.device) -> tuple[AttentionBatch, torch.Tensor]:
+                device: torch.device, window: int | None = None) -> tuple[AttentionBatch, torch.Tensor]:
     """The attention batch, and the positions, of sequence i's queries at starts[i] ..
-    starts[i] + lengths[i] - 1 over its block table. Single queries must come first (num_decode).
+    starts[i] + lengths[i] - 1 over its block table (window: the tables hold only the blocks
+    within that span of the queries). Single queries must come first (num_decode).
     Built in Python lists, one tensor per field: a decode step's few rows cost microseconds here,
     where a dozen small torch operations would cost a tenth of a millisecond."""
     positions = [p for start, n in zip(starts, lengths) for p in range(start, start + n)]
@@ -75,6 +85,7 @@ def query_batch(block_tables: list[list[int]], starts: list[int], lengths: list[
         block_tables=torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32),
         num_decode=sum(1 for n in lengths if n == 1),
         block_size=block_size,
+        window=window,
     )
     return _to(batch, device), torch.tensor(positions, dtype=torch.long, device=device)
 
@@ -85,5 +96,5 @@ def _to(batch: AttentionBatch, device: torch.device) -> AttentionBatch:
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return AttentionBatch(
         move(batch.slot_blocks), move(batch.slot_offsets), move(batch.query_start), move(batch.seq_lens), move(batch.block_tables),
-        batch.num_decode, batch.block_size,
+        batch.num_decode, batch.block_size, batch.window,
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenmill.config import CacheConfig
+from tokenmill.kv.layout import KVLayout
 from tokenmill.model.arch_config import ArchConfig
 
 logger = logging.getLogger(__name__)
@@ -33,17 +34,25 @@ def kv_storage_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
     return torch.int8 if kv_cache_dtype == "int8" else dtype
 
 
-def block_bytes(arch: ArchConfig, block_size: int, kv_dtype: torch.dtype) -> int:
-    """K and V, every layer, one block: 2 * layers * block_size * kv_heads * (head_dim elements, and
-    for int8 one float32 scale)."""
+def kv_layout(arch: ArchConfig, cfg: CacheConfig) -> KVLayout:
+    """The KV groups for the model's layers: one unless some layers have a sliding window and the
+    hybrid manager is on (kv/layout.py)."""
+    windows = [arch.window(layer) for layer in range(arch.num_layers)]
+    return KVLayout.for_windows(windows, hybrid=not cfg.disable_hybrid_kv_cache_manager)
+
+
+def block_bytes(arch: ArchConfig, block_size: int, kv_dtype: torch.dtype, num_slots: int | None = None) -> int:
+    """K and V, one block of num_slots layers (default: every layer): 2 * layers * block_size *
+    kv_heads * (head_dim elements, and for int8 one float32 scale)."""
     per_token_head = arch.head_dim * kv_dtype.itemsize + (SCALE_DTYPE.itemsize if kv_dtype == torch.int8 else 0)
-    return 2 * arch.num_layers * block_size * arch.num_kv_heads * per_token_head
+    return 2 * (num_slots or arch.num_layers) * block_size * arch.num_kv_heads * per_token_head
 
 
 def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, kv_dtype: torch.dtype, device: torch.device,
-                  num_blocks: int | None = None) -> KVCacheSize:  # fmt: skip
-    """The pool for the budget, or of num_blocks blocks (as another rank sized it)."""
-    per_block = block_bytes(arch, cfg.block_size, kv_dtype)
+                  num_blocks: int | None = None, num_slots: int | None = None) -> KVCacheSize:  # fmt: skip
+    """The pool for the budget, or of num_blocks blocks (as another rank sized it), of blocks that
+    hold num_slots layers (default: every layer)."""
+    per_block = block_bytes(arch, cfg.block_size, kv_dtype, num_slots)
     if num_blocks is not None:
         return KVCacheSize(num_blocks, per_block, (num_blocks + 1) * per_block)
     budget = cfg.kv_cache_memory or int(available_memory(device) * cfg.kv_cache_memory_fraction)
@@ -55,12 +64,14 @@ def size_kv_cache(arch: ArchConfig, cfg: CacheConfig, kv_dtype: torch.dtype, dev
 
 
 def allocate_kv_cache(
-    arch: ArchConfig, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: torch.device
+    arch: ArchConfig, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: torch.device,
+    num_slots: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The pool, [layers, 2, num_blocks, block_size * kv_heads * head_dim]: K and V blocks of every
-    layer, laid out inside a block as the attention backends read them (tokenmill.attention.base.kv_block_views);
-    for int8, also its scales, [layers, 2, num_blocks, kv_heads * block_size]."""
-    shape = (arch.num_layers, 2, num_blocks, block_size * arch.num_kv_heads * arch.head_dim)
+    """The pool, [slots, 2, num_blocks, block_size * kv_heads * head_dim]: K and V blocks of each
+    slot (a layer, or with several KV groups one layer of each group; default: every layer), laid
+    out inside a block as the attention backends read them (tokenmill.attention.base.kv_block_views);
+    for int8, also its scales, [slots, 2, num_blocks, kv_heads * block_size]."""
+    shape = (num_slots or arch.num_layers, 2, num_blocks, block_size * arch.num_kv_heads * arch.head_dim)
     pool = torch.zeros(shape, dtype=kv_dtype, device=device)
     if kv_dtype != torch.int8:
         return pool, None

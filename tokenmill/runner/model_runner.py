@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from tokenmill.attention.base import plan_step
 from tokenmill.config import CacheConfig, LoRAConfig, ModelConfig, SpeculativeConfig
 from tokenmill.engine.messages import GrammarBitmask, RunnerOutput, SchedulerOutput, SpecDecodeCounts
 from tokenmill.engine.stats import RankStats
@@ -20,7 +21,7 @@ from tokenmill.runner.batch import ModelInput, prepare_input
 from tokenmill.runner.cuda_graphs import CudaDecodeGraphs
 from tokenmill.runner.host_memory import keep_activations_on_heap, return_freed_memory
 from tokenmill.runner.input_batch import InputBatch, RunnerSequence
-from tokenmill.runner.kv_cache import kv_storage_dtype, size_kv_cache
+from tokenmill.runner.kv_cache import kv_layout, kv_storage_dtype, size_kv_cache
 from tokenmill.runner.paged_model import PagedModel
 from tokenmill.runner.sampler import Sampler
 from tokenmill.runner.step_graph import DecodeGraphs
@@ -45,8 +46,11 @@ class ModelRunner:
             keep_activations_on_heap()
         start = time.monotonic()
         kv_dtype = kv_storage_dtype(cache_config.kv_cache_dtype, self.dtype)
-        self.kv_size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device, num_blocks)
-        self.paged = PagedModel.build(loaded, model_config, self.kv_size.num_blocks, self.block_size, kv_dtype)
+        self.kv_layout = kv_layout(self.arch, cache_config)
+        self.kv_size = size_kv_cache(self.arch, cache_config, kv_dtype, self.device, num_blocks,
+                                     self.kv_layout.num_slots)  # fmt: skip
+        self.paged = PagedModel.build(loaded, model_config, self.kv_size.num_blocks, self.block_size, kv_dtype,
+                                      self.kv_layout)  # fmt: skip
         self.num_blocks, self.attention = self.paged.num_blocks, self.paged.attention
         logger.info("allocated the %s KV cache in %.2f s; attention backend: %s", kv_dtype, time.monotonic() - start,
                     self.attention.name)
@@ -89,7 +93,8 @@ class ModelRunner:
         """The step's output; None on a pipeline stage before the last, which sends its layers'
         output on to the next stage instead."""
         self.num_steps += 1
-        batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device)
+        batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device,
+                              self.kv_layout.group_windows)  # fmt: skip
         if self.lora is not None:
             self.lora.set_step(batch.lora_slots)
         if not self.pp.is_last:
@@ -138,7 +143,8 @@ class ModelRunner:
         if not self.pp.is_first:
             shape = (2, len(batch.input_ids), self.arch.hidden_size)
             intermediate = self.pp.recv_prev(shape, self.dtype, self.device)
-        return self.model(batch.input_ids, batch.positions, self.attention.plan(batch.attn), intermediate=intermediate)
+        plan = plan_step(self.attention, batch.attn_groups)
+        return self.model(batch.input_ids, batch.positions, plan, intermediate=intermediate)
 
     def _speculate(self, seqs: list[RunnerSequence], token_ids: list[list[int]], rows: torch.Tensor | None,
                    num_logits: list[int]) -> tuple[SpecDecodeCounts, dict[int, list[int]]]:

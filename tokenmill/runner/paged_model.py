@@ -16,6 +16,7 @@ from tokenmill.attention.base import AttentionBackend, kv_block_views
 from tokenmill.attention.selector import select_attention_backend
 from tokenmill.config import ModelConfig
 from tokenmill.kernels.fused_ops import FusedOps
+from tokenmill.kv.layout import KVLayout
 from tokenmill.model.arch_config import ArchConfig
 from tokenmill.model.layers import bind_fused_ops
 from tokenmill.model.loader import LoadedModel
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 class PagedModel:
     model: nn.Module
     arch: ArchConfig
-    kv_cache: torch.Tensor  # [layers, 2, num_blocks + 1, block elements]
-    kv_scales: torch.Tensor | None  # int8 pools: [layers, 2, num_blocks + 1, KVH * block_size]
+    kv_cache: torch.Tensor  # [slots, 2, num_blocks + 1, block elements]: a slot per layer, or per group's layer
+    kv_scales: torch.Tensor | None  # int8 pools: [slots, 2, num_blocks + 1, KVH * block_size]
     attention: AttentionBackend
     block_size: int
 
@@ -46,13 +47,17 @@ class PagedModel:
 
     @classmethod
     def build(cls, loaded: LoadedModel, config: ModelConfig, num_blocks: int, block_size: int,
-              kv_dtype: torch.dtype) -> PagedModel:
-        """Allocates the pool, gives each attention layer its views of it, and binds the attention
-        backend (and with the C one, the fused C elementwise kernels) to the model."""
-        kv_cache, kv_scales = allocate_kv_cache(loaded.arch, num_blocks + 1, block_size, kv_dtype, config.device)
+              kv_dtype: torch.dtype, layout: KVLayout | None = None) -> PagedModel:  # fmt: skip
+        """Allocates the pool, gives each attention layer its views of it (its group's slot, with
+        several KV groups), and binds the attention backend (and with the C one, the fused C
+        elementwise kernels) to the model."""
+        layout = layout or KVLayout.single(loaded.arch.num_layers)
+        kv_cache, kv_scales = allocate_kv_cache(loaded.arch, num_blocks + 1, block_size, kv_dtype, config.device,
+                                                layout.num_slots)  # fmt: skip
         for layer, attn in enumerate(loaded.model.attention_layers()):
-            scales = None if kv_scales is None else kv_scales[layer]
-            attn.kv = kv_block_views(kv_cache[layer], scales, block_size, attn.num_kv_heads, attn.head_dim)
+            slot, group = layout.layer_slot[layer], layout.layer_group[layer]
+            scales = None if kv_scales is None else kv_scales[slot]
+            attn.kv = kv_block_views(kv_cache[slot], scales, block_size, attn.num_kv_heads, attn.head_dim, group)
         attention = select_attention_backend(config.attention_backend, config.device, config.activation_dtype,
                                              loaded.arch.num_queries_per_kv, loaded.arch.head_dim, block_size,
                                              sliding_window=loaded.arch.layer_types is not None)
