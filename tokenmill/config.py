@@ -37,12 +37,22 @@ class ModelConfig:
     quantization: str = "none"  # one of QUANTIZATION_CHOICES
     quantization_group_size: int = 32  # int4: input channels that share one scale and offset
     enforce_eager: bool = False  # True: no captured decode steps (runner/step_graph.py), every step eager
+    # Streaming (StreamingLLM): every layer attends to the last sliding_window tokens and to the
+    # first attention_sinks; the KV between is freed, and the context has no limit.
+    sliding_window: int | None = None
+    attention_sinks: int = 0
 
     def __post_init__(self) -> None:
         import torch
 
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 token, got {self.sliding_window}")
+        if self.attention_sinks < 0 or (self.attention_sinks and self.sliding_window is None):
+            raise ValueError("attention_sinks takes a count of tokens >= 0, with a sliding_window (the recent "
+                             f"tokens kept beside them); got attention_sinks={self.attention_sinks}, "
+                             f"sliding_window={self.sliding_window}")
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _check_choice("quantization", self.quantization, QUANTIZATIONS)
         group = self.quantization_group_size
@@ -340,6 +350,8 @@ class EngineConfig:
         enable_prefix_caching: bool = CacheConfig.enable_prefix_caching,
         kv_cache_dtype: str = CacheConfig.kv_cache_dtype,
         disable_hybrid_kv_cache_manager: bool = CacheConfig.disable_hybrid_kv_cache_manager,
+        sliding_window: int | None = None,
+        attention_sinks: int = 0,
         quantization: str | None = "auto",
         quantization_group_size: int = ModelConfig.quantization_group_size,
         speculative_config: dict | None = None,
@@ -378,6 +390,8 @@ class EngineConfig:
             quantization=mode.quantization,
             quantization_group_size=quantization_group_size,
             enforce_eager=enforce_eager,
+            sliding_window=sliding_window,
+            attention_sinks=attention_sinks,
         )
         speculative = SpeculativeConfig.from_dict(speculative_config) if speculative_config else None
         return cls(

@@ -52,6 +52,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-hybrid-kv-cache-manager", action="store_true",
                         help="sliding-window models: one block table for all layers, windows masked and nothing "
                              "freed (by default the windowed layers free the KV behind their window)")
+    parser.add_argument("--sliding-window", type=int, default=None,
+                        help="streaming: every layer attends to the last N tokens only (and to the sinks); the KV "
+                             "behind is freed and generation may go past the model's context length")
+    parser.add_argument("--attention-sinks", type=int, default=0,
+                        help="with --sliding-window: the first N tokens stay visible to every later one "
+                             "(StreamingLLM's attention sinks; 4 is its choice)")
     parser.add_argument("--speculative-config", type=_json_object, default=None,
                         help='speculative decoding, as JSON: \'{"method": "ngram", "num_speculative_tokens": 3}\'; '
                              'methods: ngram, draft, heads, ngram_heads')
@@ -108,6 +114,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         enable_prefix_caching=args.enable_prefix_caching, quantization=args.quantization,
         quantization_group_size=args.quantization_group_size, kv_cache_dtype=args.kv_cache_dtype,
         disable_hybrid_kv_cache_manager=args.disable_hybrid_kv_cache_manager,
+        sliding_window=args.sliding_window, attention_sinks=args.attention_sinks,
         speculative_config=_speculative_config(args), enforce_eager=args.enforce_eager,
         enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras, tensor_parallel_size=args.tensor_parallel_size,

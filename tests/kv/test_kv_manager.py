@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-import pytest
-
 from tokenmill.kv.kv_manager import KVCacheManager
 
 
@@ -12,19 +10,6 @@ class Req:
     seq_id: int
     token_ids: list[int]
     extra_keys: tuple = ()
-
-
-def test_freeing_from_the_middle_leaves_holes_that_keep_later_positions():
-    kv = KVCacheManager(num_blocks=6, block_size=4, enable_prefix_caching=False, allow_holes=True)
-    kv.allocate(0, 16)
-    assert kv.block_table(0) == [0, 1, 2, 3]
-    kv.free_blocks(0, 0, 2)  # two blocks fall behind a window
-    assert kv.block_table(0) == [kv.null_block, kv.null_block, 2, 3] and kv.null_block == 6
-    assert kv.num_free_blocks == 4 and kv.ref_counts[:4] == [0, 0, 1, 1]
-    kv.allocate(0, 20)  # growing appends after the holes, from the free queue's front
-    assert kv.block_table(0) == [6, 6, 2, 3, 4]
-    kv.free(0)  # holes are skipped: nothing is freed twice, the null block never joins the queue
-    assert kv.num_free_blocks == 6 and kv.ref_counts == [0] * 6 and kv.null_block not in kv.free_block_ids()
 
 
 def test_trim_gives_back_only_the_blocks_past_the_kept_tokens():
@@ -37,40 +22,29 @@ def test_trim_gives_back_only_the_blocks_past_the_kept_tokens():
 
 
 def test_the_runner_hears_of_each_change_once():
-    kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False, allow_holes=True)
+    kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False, group_windows=(4,))
     kv.allocate(1, 8)
     assert kv.take_changes(1) == (0, [0, 1])
     assert kv.take_changes(1) == (2, [])
     kv.allocate(1, 13)
     kv.trim(1, 9)  # blocks 2 and 3 taken, then 3 given back: the diff starts where the table changed
     assert kv.take_changes(1) == (2, [2])
-    kv.free_blocks(1, 0, 1)
+    kv.free_behind(1, 8)  # the query at 8 reads 5..8: block 0 falls behind the window
     assert kv.take_changes(1) == (0, [kv.null_block, 1, 2])
+    kv.free(1)
 
 
-def test_prefix_hits_come_from_the_manager_and_holes_are_never_named():
-    kv = KVCacheManager(num_blocks=8, block_size=4, allow_holes=True)
+def test_prefix_hits_come_from_the_manager():
+    kv = KVCacheManager(num_blocks=8, block_size=4)
     first = Req(0, list(range(12)))
     kv.allocate(0, 12)
     kv.cache_full_blocks(first, 12)
     assert kv.computed_blocks(Req(1, list(range(12)) + [99])) == 12
     assert kv.block_table(1) == [0, 1, 2] and kv.ref_counts[:3] == [2, 2, 2]
     assert kv.computed_blocks(Req(2, list(range(12)), ("salt",))) == 0  # other extra keys: no hit
-    kv.free(1)
-    kv.free(2)
-    kv.free_blocks(0, 1, 2)  # block 1 leaves the table; its content waits, named, in the free queue
-    kv.allocate(0, 20)
-    kv.cache_full_blocks(Req(0, list(range(20))), 20)
-    assert kv.block_table(0) == [0, kv.null_block, 2, 3, 4]
-    assert len(kv.prefix_cache) == 5 and not kv.prefix_cache.is_cached(kv.null_block)
-
-
-def test_a_pool_without_a_null_block_refuses_holes():
-    kv = KVCacheManager(num_blocks=4, block_size=4)
-    kv.allocate(0, 8)
-    with pytest.raises(ValueError, match="null block"):
-        kv.free_blocks(0, 0, 1)
-    assert kv.block_table(0) == [0, 1]
+    for seq_id in range(3):
+        kv.free(seq_id)
+    assert kv.num_free_blocks == 8 and len(kv.prefix_cache) == 3
 
 
 def test_each_group_has_its_entries_and_a_windowed_group_frees_behind_its_window():
@@ -123,3 +97,31 @@ def test_a_prefix_whose_window_blocks_are_gone_is_not_offered():
     assert kv.computed_blocks(Req(2, list(range(24)) + [7])) == 20  # a shorter prefix, all within reach cached
     assert kv.block_table(2) == [0, kv.null_block, 2, kv.null_block, 4, kv.null_block, 6, 7, 8, 9]
     kv.free(2)
+
+
+def test_with_attention_sinks_a_windowed_group_keeps_its_first_blocks_and_frees_the_middle():
+    kv = KVCacheManager(num_blocks=16, block_size=4, group_windows=(8,), sink_tokens=4)
+    kv.allocate(0, 8)
+    for computed in range(8, 200):  # decode a long stream, a token a step
+        kv.free_behind(0, computed)
+        kv.allocate(0, computed + 1, computed)
+        table = kv.block_table(0)
+        assert table[0] != kv.null_block  # the sinks' block stays
+        assert kv.num_blocks - kv.num_free_blocks <= 1 + 8 // 4 + 1  # the sinks, the window, one partial
+    assert [i for i, b in enumerate(table) if b != kv.null_block] == [0, 48, 49]  # tokens 0..3 and 192..199
+    assert kv.sequence_capacity(chunk=16) is None  # no group grows with the stream
+    kv.free(0)
+    assert kv.num_free_blocks == 16
+
+
+def test_a_fork_is_refused_once_the_source_freed_blocks_its_window_would_read():
+    kv = KVCacheManager(num_blocks=32, block_size=4, group_windows=(None, 8))
+    kv.allocate(0, 12)
+    assert kv.fork(0, 1, 2)  # the prompt's two full blocks, all still there
+    assert kv.block_table(1) == kv.block_table(0)[:4]
+    kv.allocate(0, 40, 12)
+    kv.free_behind(0, 40)  # the source went on: its windowed blocks 0..7 are gone
+    assert not kv.fork(0, 2, 2) and kv.block_table(2) == []  # sample 2 computes its prompt itself
+    kv.free(0)
+    kv.free(1)
+    assert kv.num_free_blocks == 32

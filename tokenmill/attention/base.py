@@ -31,8 +31,20 @@ class AttentionBatch:
     num_decode: int  # the first num_decode sequences have exactly one query (decode rows)
     block_size: int
     # The tables hold only the blocks within this many tokens of the queries (a windowed KV group,
-    # kv/layout.py): the blocks before are holes, and a backend need not read them.
+    # kv/layout.py), and those of the first `sinks` tokens: the blocks between are holes, and a
+    # backend need not read them.
     window: int | None = None
+    sinks: int = 0
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """StreamingLLM's attention sinks: the first `count` tokens stay visible to every query, which
+    meets them placed at most `count + window - 1` positions on (queries rotated to there by RoPE:
+    `queries`), so that no distance exceeds what the model was trained on, however long the stream."""
+
+    count: int
+    queries: torch.Tensor  # [T, H, D]
 
 
 class AttentionPlan(Protocol):
@@ -44,9 +56,10 @@ class AttentionPlan(Protocol):
         """Stores the step's new k and v ([T, KVH, D]) in one layer's cache, at the batch's slots."""
         ...
 
-    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None,
+               sinks: Sinks | None = None) -> torch.Tensor:  # fmt: skip
         """q: [T, H, D]; one layer's cache; returns [T, H, D]. With a window, each query sees only
-        the last `window` keys up to its own position (a sliding-window layer)."""
+        the last `window` keys up to its own position (a sliding-window layer), and the sinks."""
         ...
 
 
@@ -69,8 +82,9 @@ class GroupedPlan:
     def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
         self.plans[kv.group].write(kv, k, v)
 
-    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
-        return self.plans[kv.group].attend(q, kv, window)
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None,
+               sinks: Sinks | None = None) -> torch.Tensor:  # fmt: skip
+        return self.plans[kv.group].attend(q, kv, window, sinks)
 
 
 def plan_step(backend: AttentionBackend, batches: list[AttentionBatch]) -> AttentionPlan:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenmill.attention.base import AttentionBatch, KVCacheView, check_no_window
+from tokenmill.attention.base import AttentionBatch, KVCacheView, Sinks, check_no_window
 from tokenmill.kernels.paged_attention import PagedAttentionKernels, run_kernel, write_kv
 
 
@@ -21,7 +21,8 @@ class CpuAttentionPlan:
     def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
         write_kv(self.kernels, kv, k, v, self.batch.slot_blocks, self.batch.slot_offsets)
 
-    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None,
+               sinks: Sinks | None = None) -> torch.Tensor:  # fmt: skip
         check_no_window(window, "cpu")
         b = self.batch
         return run_kernel(self.kernels, q, kv, b.block_tables, b.query_start, b.seq_lens)

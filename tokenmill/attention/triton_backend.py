@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenmill.attention.base import AttentionBatch, KVCacheView, check_no_window
+from tokenmill.attention.base import AttentionBatch, KVCacheView, Sinks, check_no_window
 from tokenmill.kernels.triton_attention import paged_attention
 
 
@@ -23,8 +23,9 @@ class TritonAttentionPlan:
     def write(self, kv: KVCacheView, k: torch.Tensor, v: torch.Tensor) -> None:
         kv.write(k, v, self.batch.slot_blocks, self.batch.slot_offsets)
 
-    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None) -> torch.Tensor:
-        check_no_window(window, "triton")
+    def attend(self, q: torch.Tensor, kv: KVCacheView, window: int | None = None,
+               sinks: Sinks | None = None) -> torch.Tensor:  # fmt: skip
+        check_no_window(window, "triton")  # sinks come with a window
         return paged_attention(q, kv, self.batch.block_tables, self.row_seq, self.row_pos, q.shape[-1] ** -0.5)
 
 

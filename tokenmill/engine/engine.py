@@ -12,7 +12,7 @@ from collections.abc import Sequence as Seq
 
 import torch
 
-from tokenmill.config import EngineConfig
+from tokenmill.config import EngineConfig, SchedulerConfig
 from tokenmill.engine.messages import EngineOutput, RunnerOutput, SampleOutput, SchedulerOutput
 from tokenmill.engine.request import Request
 from tokenmill.engine.scheduler import Scheduler, shared_prefix_len
@@ -31,6 +31,7 @@ from tokenmill.structured.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
+STREAMING_CONTEXT = 2**31 - 1  # a streaming model's context limit: none, in practice
 _GRAMMAR_WAIT_S = 0.005  # with nothing to run but grammars compiling, how long a step waits for one
 _RANK_STATS_MAX_AGE_S = 1.0  # how stale stats() may report the ranks' counters (asking costs a round trip)
 
@@ -52,8 +53,9 @@ class LLMEngine:
         layout = self.runner.kv_layout
         _check_kv_groups(config, layout.num_groups)
         self.kv_manager = KVCacheManager(self.runner.num_blocks, config.cache.block_size,
-                                         config.cache.enable_prefix_caching, group_windows=layout.group_windows)
-        self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler.num_lookahead_tokens)
+                                         config.cache.enable_prefix_caching, group_windows=layout.group_windows,
+                                         sink_tokens=self.arch.attention_sinks)  # fmt: skip
+        self.max_model_len = self._max_model_len(config.model.max_model_len, config.scheduler)
         self.kv_transfer = _kv_transfer(config, self.runner, self.kv_manager)  # disaggregated serving, or None
         self.scheduler = Scheduler(config.scheduler, self.kv_manager, self.executor.pipeline_depth,
                                    None if self.kv_transfer is None else self.kv_transfer.pull_prompt)  # fmt: skip
@@ -75,11 +77,13 @@ class LLMEngine:
         self._rank_stats: tuple[RankStats, ...] = ()
         self._rank_stats_time = -math.inf
 
-    def _max_model_len(self, requested: int | None, lookahead: int) -> int:
+    def _max_model_len(self, requested: int | None, scheduler: SchedulerConfig) -> int:
         """The context limit: the model's, capped so that one sequence (and the slots its draft
-        writes ahead) always fits in the pool."""
-        kv_tokens = self.kv_manager.num_blocks * self.kv_manager.block_size - lookahead
-        model_limit = self.arch.max_position_embeddings
+        writes ahead) always fits in the pool, as it holds blocks under its windows."""
+        # Streaming, no query is placed farther from a key than the sinks and the window reach.
+        model_limit = STREAMING_CONTEXT if self.arch.unbounded_context else self.arch.max_position_embeddings
+        capacity = self.kv_manager.sequence_capacity(scheduler.max_num_batched_tokens)
+        kv_tokens = model_limit if capacity is None else capacity - scheduler.num_lookahead_tokens
         if requested is not None and requested > min(model_limit, kv_tokens):
             where = "the model's context length" if requested > model_limit else "the KV cache's capacity"
             raise ValueError(f"max_model_len {requested} exceeds {where} ({min(model_limit, kv_tokens)} tokens)")
@@ -388,13 +392,16 @@ class LLMEngine:
 
 
 def _check_kv_groups(config: EngineConfig, num_groups: int) -> None:
-    """Several KV groups (a sliding-window model's freeing, kv/layout.py) reach the model runner's
-    own steps only: draft models, parked KV and pipeline stages address one table per sequence."""
+    """Several KV groups (a sliding-window model's freeing, kv/layout.py), or tables with holes
+    (streaming), reach the model runner's own steps only: draft models, parked KV and pipeline
+    stages address one whole table per sequence."""
     uses = {"speculative decoding": config.speculative is not None,
             "disaggregated prefill (--kv-role)": config.kv_transfer.kv_role is not None,
             "pipeline parallelism": config.parallel.pipeline_parallel_size > 1}  # fmt: skip
     unsupported = [name for name, used in uses.items() if used]
-    if num_groups > 1 and unsupported:
+    if unsupported and config.model.sliding_window is not None:
+        raise ValueError(f"{unsupported[0]} does not work with streaming (--sliding-window) yet")
+    if unsupported and num_groups > 1:
         raise ValueError(f"{unsupported[0]} does not work with a sliding-window model's hybrid KV cache yet; "
                          "add --disable-hybrid-kv-cache-manager (the windows are masked, nothing freed)")
 

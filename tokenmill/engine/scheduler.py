@@ -147,8 +147,10 @@ class Scheduler:
         shared = shared_prefix_len(seq.num_prompt_tokens, self.kv.block_size)
         if source.status is not SequenceStatus.RUNNING or source.num_computed_tokens < shared:
             return False
-        self.kv.fork(source.seq_id, seq.seq_id, shared // self.kv.block_size)
-        seq.num_computed_tokens = shared
+        if self.kv.fork(source.seq_id, seq.seq_id, shared // self.kv.block_size):
+            seq.num_computed_tokens = shared
+        else:  # its window's blocks are gone: compute the prompt ourselves
+            seq.prefix_source = None
         return True
 
     def _take_cached_prefix(self, seq: Sequence) -> None:

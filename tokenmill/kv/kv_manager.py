@@ -3,9 +3,9 @@
 The scheduler asks it for room (allocate, trim, free), for the cached prefix of a new sequence
 (computed_blocks) and to name what a step filled (cache_full_blocks); it never sees a hash. Pure
 Python over ids: the block pool (BlockManager) counts references, the prefix cache maps block
-hashes (kv/block_hash.py) to blocks. Where the pool has room for the null block (allow_holes), a
-table may have holes (`null_block`, from free_blocks), so that blocks behind a sliding window can go
-back to the pool while the positions after them stay.
+hashes (kv/block_hash.py) to blocks. The pool has room for one more block, the null block: a table
+may have holes (`null_block`), so that blocks behind a sliding window can go back to the pool while
+the positions after them stay.
 Each table remembers the first entry changed since the runner last heard of it (take_changes),
 so a step sends only what is new.
 
@@ -14,6 +14,7 @@ them: entry i * num_groups + g is block i of group g, so everything that moves t
 scheduler's diffs, the runner's copy) handles one flat list whatever the model. A windowed
 group's entries behind its window are holes: `free_behind` gives them back as the sequence goes
 on, and `allocate` never fills them (a long prompt's chunks take blocks only within reach).
+With attention sinks, a windowed group also keeps the blocks of the first `sink_tokens` tokens.
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ class _Blocks:
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 allow_holes: bool = False, group_windows: tuple[int | None, ...] = (None,)) -> None:  # fmt: skip
-        """allow_holes: the KV pool has one block more than num_blocks, the null block (implied
-        by a windowed group). group_windows: each group's span in tokens, None for the whole context."""
+                 group_windows: tuple[int | None, ...] = (None,), sink_tokens: int = 0) -> None:  # fmt: skip
+        """group_windows: each group's span in tokens, None for the whole context. sink_tokens: the
+        first tokens every windowed group keeps (attention sinks)."""
         self.pool = BlockManager(num_blocks, PrefixCache() if enable_prefix_caching else None)
         self.block_size = block_size
         self.group_windows = group_windows
         self.num_groups = len(group_windows)
-        self.allow_holes = allow_holes or any(w is not None for w in group_windows)
+        self.sink_blocks = -(-sink_tokens // block_size)
         self._blocks: dict[int, _Blocks] = {}
         # The hash chain of each sequence's full blocks: its tokens' alone, so it outlives the
         # sequence's blocks (a preemption, a failed admission) until the sequence ends.
@@ -85,6 +86,19 @@ class KVCacheManager:
     def prefix_cache(self) -> PrefixCache | None:
         return self.pool.prefix_cache
 
+    def sequence_capacity(self, chunk: int) -> int | None:
+        """The most tokens one sequence can hold with the whole pool to itself, prefilled chunk
+        tokens a step: the whole-context groups grow with it, each windowed group holds at most
+        its window and a chunk. None: no bound (every group is windowed). Raises where the pool
+        cannot hold one sequence's windows (and a block of each other group)."""
+        whole = sum(window is None for window in self.group_windows)
+        windowed = sum(-(-(window + chunk - 1) // self.block_size) + 1 + self.sink_blocks
+                       for window in self.group_windows if window)  # fmt: skip
+        if self.num_blocks < windowed + whole:
+            raise ValueError(f"the KV cache's {self.num_blocks} blocks cannot hold one sequence: its windows and "
+                             f"a prefill chunk take {windowed + whole}; give the KV cache more memory")
+        return None if whole == 0 else (self.num_blocks - windowed) // whole * self.block_size
+
     # ---- one sequence's table ---------------------------------------------------------------
 
     def block_table(self, seq_id: int) -> list[int]:
@@ -109,11 +123,17 @@ class KVCacheManager:
         """The entries growing table to num_tokens adds: True for a block, False for a hole."""
         have, need = len(table) // self.num_groups, -(-num_tokens // self.block_size)
         reach = [self._first_in_reach(w, num_computed) for w in self.group_windows]
-        return [i >= first for i in range(have, need) for first in reach]
+        return [i >= first or i < self.sink_blocks for i in range(have, need) for first in reach]
 
     def _first_in_reach(self, window: int | None, num_computed: int) -> int:
         """The first block a group's next query (at position num_computed) reads."""
         return 0 if window is None else max(0, num_computed - window + 1) // self.block_size
+
+    def _blocks_read(self, window: int, num_blocks: int) -> list[int]:
+        """The blocks a windowed group's query after num_blocks full blocks reads: the sinks', and
+        those within its window."""
+        first = max(self.sink_blocks, self._first_in_reach(window, num_blocks * self.block_size))
+        return list(range(min(self.sink_blocks, num_blocks))) + list(range(first, num_blocks))
 
     def free_behind(self, seq_id: int, num_computed: int) -> None:
         """Gives back the windowed groups' blocks that no query from position num_computed on reads."""
@@ -123,7 +143,8 @@ class KVCacheManager:
                  for g, w in enumerate(self.group_windows) if w is not None}  # fmt: skip
         if blocks is None or not reach:
             return
-        for i in range(blocks.freed_until, max(reach.values())):  # idempotent: groups of longer windows lag
+        start = max(blocks.freed_until, self.sink_blocks)
+        for i in range(start, max(reach.values())):  # idempotent: groups of longer windows lag
             for g, first in reach.items():
                 if i < first:
                     self._free_entry(blocks, i * self.num_groups + g)
@@ -144,15 +165,6 @@ class KVCacheManager:
         blocks.changed_from = min(blocks.changed_from, len(blocks.table))
         blocks.num_cached = min(blocks.num_cached, keep)
 
-    def free_blocks(self, seq_id: int, start: int, end: int) -> None:
-        """Gives back table[start:end], leaving holes: the positions after them keep their blocks."""
-        if not self.allow_holes:
-            raise ValueError("this KV pool has no null block to fill holes with (allow_holes)")
-        blocks = self._blocks[seq_id]
-        self.pool.free(blocks.table[start:end])
-        blocks.table[start:end] = [self.null_block] * (end - start)
-        blocks.changed_from = min(blocks.changed_from, start)
-
     def free(self, seq_id: int, keep_hashes: bool = False) -> None:
         """Gives back the whole table, tail first. keep_hashes: the sequence comes back (preempted,
         or not admitted after all), and its blocks' names need not be computed again."""
@@ -162,12 +174,18 @@ class KVCacheManager:
         if not keep_hashes:
             self._hashes.pop(seq_id, None)
 
-    def fork(self, source_id: int, seq_id: int, num_blocks: int) -> None:
+    def fork(self, source_id: int, seq_id: int, num_blocks: int) -> bool:
         """seq_id's table starts as source_id's first num_blocks (n > 1 samples share their prompt);
-        the source named them in the prefix cache already."""
+        the source named them in the prefix cache already. False (and nothing shared) where the
+        source has already freed a windowed block that seq_id's next query would read."""
         source = self._blocks[source_id]
-        table = self.pool.share(source.table[: num_blocks * self.num_groups])
-        self._blocks[seq_id] = _Blocks(table, num_cached=num_blocks)
+        shared = source.table[: num_blocks * self.num_groups]
+        for g, window in enumerate(self.group_windows):
+            if window is not None and any(shared[i * self.num_groups + g] == self.null_block
+                                          for i in self._blocks_read(window, num_blocks)):  # fmt: skip
+                return False
+        self._blocks[seq_id] = _Blocks(self.pool.share(shared), num_cached=num_blocks)
+        return True
 
     def take_changes(self, seq_id: int) -> tuple[int, list[int]]:
         """(start, table[start:]): what changed since the last call, for the runner's copy."""
@@ -192,31 +210,45 @@ class KVCacheManager:
         chain_hashes(seq.token_ids, self.block_size, num_blocks, hashes, seq.extra_keys)
         found = [cache.lookup([self._key(h, g) for h in hashes[:num_blocks]]) if w is None else None
                  for g, w in enumerate(self.group_windows)]  # fmt: skip
-        num_hit = min([len(f) for f in found if f is not None], default=num_blocks)
-        while num_hit > 0 and not self._window_cached(hashes, num_hit):
-            num_hit -= 1  # a windowed group lacks a block the next query reads: a shorter prefix
+        num_hit = self._window_hit(hashes, min([len(f) for f in found if f is not None], default=num_blocks))
+        read = {window: set(self._blocks_read(window, num_hit)) for window in self.group_windows if window}
         table = []
         for i in range(num_hit):
             for g, window in enumerate(self.group_windows):
                 if window is None:
                     table.append(found[g][i])
-                elif i < self._first_in_reach(window, num_hit * self.block_size):
-                    table.append(self.null_block)
-                else:
+                elif i in read[window]:
                     table += cache.lookup([self._key(hashes[i], g)])
+                else:
+                    table.append(self.null_block)
         blocks.table = self.pool.share(table)
         blocks.num_cached = num_hit
         return num_hit * self.block_size
 
-    def _window_cached(self, hashes: list[BlockHash], num_blocks: int) -> bool:
-        """Whether every windowed group has, cached, the blocks its query after num_blocks reads."""
+    def _window_hit(self, hashes: list[BlockHash], num_blocks: int) -> int:
+        """The longest prefix of at most num_blocks blocks whose next query finds, in every windowed
+        group, all the blocks it reads cached. One pass per group: the run of cached blocks ending
+        at each block tells at once whether a window's blocks are all there."""
         cache = self.prefix_cache
+        runs: dict[int, list[int]] = {}  # group -> at each block, the cached blocks in a row ending there
         for g, window in enumerate(self.group_windows):
             if window is not None:
-                needed = hashes[self._first_in_reach(window, num_blocks * self.block_size) : num_blocks]
-                if len(cache.lookup([self._key(h, g) for h in needed])) < len(needed):
+                run, runs[g] = 0, []
+                for h in hashes[:num_blocks]:
+                    run = run + 1 if self._key(h, g) in cache else 0
+                    runs[g].append(run)
+
+        def readable(n: int) -> bool:
+            for g, run in runs.items():
+                first = max(self.sink_blocks, self._first_in_reach(self.group_windows[g], n * self.block_size))
+                sinks = min(self.sink_blocks, n)
+                if (sinks and run[sinks - 1] < sinks) or (first < n and run[n - 1] < n - first):
                     return False
-        return True
+            return True
+
+        while num_blocks > 0 and not readable(num_blocks):
+            num_blocks -= 1  # a windowed group lacks a block the next query reads: a shorter prefix
+        return num_blocks
 
     def _key(self, block_hash: BlockHash, group: int) -> BlockHash:
         """A block's name in the prefix cache: its hash, and which group's layers it holds."""

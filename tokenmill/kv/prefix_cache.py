@@ -28,6 +28,9 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._block_of)
 
+    def __contains__(self, block_hash: BlockHash) -> bool:
+        return block_hash in self._block_of
+
     def lookup(self, hashes: Sequence[BlockHash]) -> list[int]:
         """The blocks of the longest cached prefix of the chain."""
         blocks = []

@@ -31,6 +31,10 @@ class ArchConfig:
     layer_types: tuple[str, ...] | None = None
     rope_local_theta: float | None = None
     query_pre_attn_scalar: float | None = None  # queries scaled by its inverse square root (default: head_dim)
+    # Streaming (set by `streaming`): every layer windowed, the first attention_sinks tokens kept
+    # visible, and the context unbounded (no query is ever placed beyond the sinks and the window).
+    attention_sinks: int = 0
+    unbounded_context: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -44,6 +48,17 @@ class ArchConfig:
         return replace(self, num_heads=tp.split(self.num_heads, "attention heads")[1],
                        num_kv_heads=tp.kv_heads(self.num_kv_heads)[1], num_layers=len(layers),
                        layer_types=None if self.layer_types is None else self.layer_types[layers.start : layers.stop])
+
+    def streaming(self, window: int, sinks: int) -> ArchConfig:
+        """Every layer attending to the last `window` tokens and the first `sinks` (StreamingLLM)."""
+        if self.layer_types is not None:
+            raise ValueError(f"{self.architecture} has sliding-window layers of its own: --sliding-window and "
+                             "--attention-sinks apply to models whose layers all see the whole context")
+        if sinks + window > self.max_position_embeddings:
+            raise ValueError(f"the attention sinks and the window ({sinks} + {window} tokens) must fit in the "
+                             f"model's context ({self.max_position_embeddings}): farther, it never saw a query")
+        return replace(self, sliding_window=window, layer_types=("sliding_attention",) * self.num_layers,
+                       attention_sinks=sinks, unbounded_context=True)
 
     def window(self, layer: int) -> int | None:
         """The tokens a layer attends to, counting its own; None: all of them."""

@@ -131,25 +131,40 @@ class SiluAndMul(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE (Hugging Face's layout) over a precomputed cos/sin table."""
+    """Rotate-half RoPE (Hugging Face's layout) over a precomputed cos/sin table; unbounded (a
+    streaming model's), the table grows as positions pass its end (rows once made never change, so
+    a position's angles do not depend on what else is in the batch)."""
 
-    def __init__(self, head_dim: int, max_position: int, theta: float, scaling: dict[str, Any] | None) -> None:
+    def __init__(self, head_dim: int, max_position: int, theta: float, scaling: dict[str, Any] | None,
+                 unbounded: bool = False) -> None:  # fmt: skip
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         positions = torch.arange(max_position, dtype=torch.float32)
-        inv_freq, positions = _apply_scaling(inv_freq, positions, scaling)
-        freqs = torch.outer(positions, inv_freq)
+        inv_freq, scaled = _apply_scaling(inv_freq, positions, scaling)
+        freqs = torch.outer(scaled, inv_freq)
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.position_scale = float(scaled[-1] / positions[-1]) if max_position > 1 else 1.0  # linear scaling's
+        self.unbounded = unbounded
         self.fused: FusedOps | None = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, H, D], k: [T, KVH, D]; positions: [T]."""
+        if self.unbounded and int(positions.max()) >= self.cos.shape[0]:
+            self._grow(2 * int(positions.max()) + 1)
         if self.fused is not None:
             return self.fused.rotary(positions, q, k, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def _grow(self, size: int) -> None:
+        """The table's rows up to size, the new ones in float64 (angles of large positions)."""
+        positions = torch.arange(self.cos.shape[0], size, dtype=torch.float64, device=self.cos.device)
+        freqs = torch.outer(positions * self.position_scale, self.inv_freq.double())
+        self.cos = torch.cat([self.cos, freqs.cos().float()])
+        self.sin = torch.cat([self.sin, freqs.sin().float()])
 
 
 def bind_fused_ops(model: nn.Module, ops: FusedOps) -> int:

@@ -34,14 +34,18 @@ class LlamaAttention(nn.Module):
                                             *[(cfg.num_kv_heads * dim, first_kv * dim)] * 2], bias=cfg.attention_bias)  # fmt: skip
         self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size, first_head * dim, tp)
         self.rotary = rotary or RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
-                                                cfg.rope_scaling)  # fmt: skip
-        self.attn = PagedAttention(num_heads, num_kv, cfg.head_dim, window)
+                                                cfg.rope_scaling, cfg.unbounded_context)  # fmt: skip
+        self.attn = PagedAttention(num_heads, num_kv, cfg.head_dim, window, cfg.attention_sinks if window else 0)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.position(positions, q.view(-1, self.q_size // self.head_dim, self.head_dim),
-                             k.view(-1, self.kv_size // self.head_dim, self.head_dim))  # fmt: skip
-        return self.o_proj(self.attn(q, k, v.view_as(k), plan))
+        q, k = q.view(-1, self.q_size // self.head_dim, self.head_dim), k.view(-1, self.kv_size // self.head_dim,
+                                                                                self.head_dim)  # fmt: skip
+        sink_queries = None
+        if self.attn.sinks:  # the same queries, placed no farther from the sinks than the model was trained for
+            sink_queries = self.position(positions.clamp(max=self.attn.sink_reach), q, k)[0]
+        q, k = self.position(positions, q, k)
+        return self.o_proj(self.attn(q, k, v.view_as(k), plan, sink_queries))
 
     def position(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head queries and keys ([T, heads, D]) placed by RoPE."""
@@ -64,10 +68,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ArchConfig, tp: TensorParallel) -> None:
+    def __init__(self, cfg: ArchConfig, tp: TensorParallel, window: int | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg, tp)
+        self.self_attn = LlamaAttention(cfg, tp, window=window)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg, tp)
 
@@ -96,7 +100,7 @@ class LlamaModel(nn.Module):
 
     # What a family built on these layers changes (gemma3.py): its layer, its norm, its embedding.
     def make_layer(self, cfg: ArchConfig, index: int, tp: TensorParallel) -> nn.Module:
-        return LlamaDecoderLayer(cfg, tp)
+        return LlamaDecoderLayer(cfg, tp, cfg.window(index))
 
     def make_norm(self, cfg: ArchConfig) -> nn.Module:
         return RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

@@ -53,6 +53,8 @@ def load_model(cfg: ModelConfig, tp: TensorParallel = TensorParallel(),
         arch, weights, tokenizer = _open_gguf(path, keep_quantized=cfg.quantization == "gguf")
     else:
         raise FileNotFoundError(f"model not found: {path} is neither a GGUF file nor a model directory")
+    if cfg.sliding_window is not None:
+        arch = arch.streaming(cfg.sliding_window, cfg.attention_sinks)
     model = build_model(arch, tp, pp)
     quantized = model.load_weights(weights)
     kernel = QuantMatmul.load() if cfg.device.type == "cpu" else None

@@ -30,8 +30,9 @@ class ModelInput:
 
 
 def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, device: torch.device,
-                  group_windows: tuple[int | None, ...] = (None,)) -> ModelInput:  # fmt: skip
-    """group_windows: the KV groups' spans; each sequence's block table interleaves their blocks."""
+                  group_windows: tuple[int | None, ...] = (None,), sinks: int = 0) -> ModelInput:  # fmt: skip
+    """group_windows: the KV groups' spans; each sequence's block table interleaves their blocks.
+    sinks: the first tokens the windowed groups keep."""
     # Decode rows (one new token) first, then prefill chunks: backends may treat them apart.
     scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
     input_ids: list[int] = []
@@ -53,7 +54,8 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
     starts, lengths = [s.num_computed_tokens for s, _ in scheduled], [n for _, n in scheduled]
     groups = len(group_windows)
     batches = [query_batch([s.block_table if groups == 1 else s.block_table[g::groups] for s, _ in scheduled],
-                           starts, lengths, block_size, device, window) for g, window in enumerate(group_windows)]
+                           starts, lengths, block_size, device, window, sinks if window else 0)
+               for g, window in enumerate(group_windows)]  # fmt: skip
     return ModelInput(
         input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
         positions=batches[0][1],
@@ -68,10 +70,11 @@ def prepare_input(scheduled: list[tuple[RunnerSequence, int]], block_size: int, 
 
 
 def query_batch(block_tables: list[list[int]], starts: list[int], lengths: list[int], block_size: int,
-                device: torch.device, window: int | None = None) -> tuple[AttentionBatch, torch.Tensor]:
+                device: torch.device, window: int | None = None, sinks: int = 0) -> tuple[AttentionBatch, torch.Tensor]:
     """The attention batch, and the positions, of sequence i's queries at starts[i] ..
     starts[i] + lengths[i] - 1 over its block table (window: the tables hold only the blocks
-    within that span of the queries). Single queries must come first (num_decode).
+    within that span of the queries, and those of the first `sinks` tokens). Single queries must
+    come first (num_decode).
     Built in Python lists, one tensor per field: a decode step's few rows cost microseconds here,
     where a dozen small torch operations would cost a tenth of a millisecond."""
     positions = [p for start, n in zip(starts, lengths) for p in range(start, start + n)]
@@ -86,6 +89,7 @@ def query_batch(block_tables: list[list[int]], starts: list[int], lengths: list[
         num_decode=sum(1 for n in lengths if n == 1),
         block_size=block_size,
         window=window,
+        sinks=sinks,
     )
     return _to(batch, device), torch.tensor(positions, dtype=torch.long, device=device)
 
@@ -96,5 +100,5 @@ def _to(batch: AttentionBatch, device: torch.device) -> AttentionBatch:
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return AttentionBatch(
         move(batch.slot_blocks), move(batch.slot_offsets), move(batch.query_start), move(batch.seq_lens), move(batch.block_tables),
-        batch.num_decode, batch.block_size, batch.window,
+        batch.num_decode, batch.block_size, batch.window, batch.sinks,
     )

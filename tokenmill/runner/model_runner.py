@@ -94,7 +94,7 @@ class ModelRunner:
         output on to the next stage instead."""
         self.num_steps += 1
         batch = prepare_input(self.input_batch.apply(sched), self.block_size, self.device,
-                              self.kv_layout.group_windows)  # fmt: skip
+                              self.kv_layout.group_windows, self.arch.attention_sinks)  # fmt: skip
         if self.lora is not None:
             self.lora.set_step(batch.lora_slots)
         if not self.pp.is_last:
