@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tokenmill import LLM, SamplingParams
+from tokenmill.bench.kv_usage import record_steps
 from tokenmill.bench.report import load_average_note, print_figures
 from tokenmill.kernels.cpu_info import cpu_features, cpu_model
 from tokenmill.runner.kv_cache import block_bytes
@@ -47,21 +48,11 @@ def conversation(llm: LLM, num_tokens: int) -> list[int]:
 
 
 def measure(llm: LLM, prompt: list[int], batch: int, tokens: int) -> tuple[dict[str, float], list[list[int]]]:
-    engine = llm.engine
-    kv, held = engine.kv_manager, []
-    schedule = engine.scheduler.schedule
-
-    def recording_schedule():
-        out = schedule()
-        held.append(kv.num_blocks - kv.num_free_blocks)
-        return out
-
-    engine.scheduler.schedule = recording_schedule
-    try:
+    engine, kv = llm.engine, llm.engine.kv_manager
+    with record_steps(engine) as steps:
         params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
         outs = llm.generate([{"prompt_token_ids": prompt}] * batch, params, use_tqdm=False)
-    finally:
-        del engine.scheduler.schedule
+    held = steps.blocks_held
     first = min(o.metrics.first_token_time for o in outs)
     last = max(o.metrics.finished_time for o in outs)
     paged = engine.runner.paged

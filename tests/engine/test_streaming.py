@@ -5,6 +5,7 @@ holds a fixed number of blocks however long the stream, and goes on past the mod
 import pytest
 
 from tokenmill import LLM, SamplingParams
+from tokenmill.bench.kv_usage import record_steps
 from tokenmill.model.arch_config import ArchConfig
 
 WINDOW, SINKS, CHUNK = 64, 4, 256
@@ -39,20 +40,10 @@ def test_it_goes_past_the_models_context_holding_a_fixed_number_of_blocks(stream
     assert engine.max_model_len > 100 * limit
     text = " ".join(f"Entry {i}: the river was {'high' if i % 3 else 'low'}." for i in range(1200))
     prompt = streaming.tokenizer.encode(text)[: limit - 40]
-    held: list[int] = []
-    schedule = engine.scheduler.schedule
-
-    def recording_schedule():
-        out = schedule()
-        held.append(kv.num_blocks - kv.num_free_blocks)
-        return out
-
-    engine.scheduler.schedule = recording_schedule
-    try:
+    with record_steps(engine) as steps:
         out = streaming.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=100,
                                                                                   ignore_eos=True), use_tqdm=False)[0]
-    finally:
-        del engine.scheduler.schedule
+    held = steps.blocks_held
     assert len(prompt) + len(out.outputs[0].token_ids) == limit + 60 and out.outputs[0].finish_reason == "length"
     window_blocks = -(-(WINDOW + CHUNK - 1) // kv.block_size) + 1
     assert max(held) <= 1 + window_blocks  # the sinks' block and the window (and a chunk): never more

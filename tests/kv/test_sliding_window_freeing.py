@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tokenmill import SamplingParams
+from tokenmill.bench.kv_usage import record_steps
 
 CHUNK = 128  # max_num_batched_tokens: a prefill chunk's tokens (as tests/model/test_gemma3.py's engine)
 # 64 MiB: 681 blocks of three layers (float32). The whole cache of a 2,000-token sequence takes
@@ -39,7 +40,7 @@ def conversation(tokenizer, num_tokens: int, first_day: int = 0) -> list[int]:
 
 
 def test_a_long_conversation_holds_the_global_layers_kv_and_a_window_and_answers_the_same(make_llm, gemma_path,
-                                                                                         freeing, monkeypatch):  # fmt: skip
+                                                                                         freeing):  # fmt: skip
     reference = make_llm(model=str(gemma_path), max_num_batched_tokens=CHUNK, kv_cache_memory=256 * 2**20,
                          disable_hybrid_kv_cache_manager=True)  # fmt: skip
     prompt = conversation(freeing.tokenizer, 6000)
@@ -48,16 +49,9 @@ def test_a_long_conversation_holds_the_global_layers_kv_and_a_window_and_answers
     engine, kv = freeing.engine, freeing.engine.kv_manager
     layout = engine.runner.kv_layout
     assert layout.group_windows == (512,) * 5 + (None,) and kv.num_groups == 6
-    held: list[int] = []
-    schedule = engine.scheduler.schedule
-
-    def recording_schedule():
-        out = schedule()
-        held.append(kv.num_blocks - kv.num_free_blocks)  # after the step's blocks are taken: the peak
-        return out
-
-    monkeypatch.setattr(engine.scheduler, "schedule", recording_schedule)
-    answer = freeing.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0]
+    with record_steps(engine) as steps:
+        answer = freeing.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0]
+    held = steps.blocks_held
     expected = reference.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0]
     assert answer.token_ids == expected.token_ids
 
@@ -85,20 +79,9 @@ def test_requests_are_admitted_by_the_blocks_they_hold_under_their_windows(freei
     assert whole_cache > engine.kv_manager.num_blocks >= 2 * (126 + 5 * 41)
     # One sequence alone may hold all but the windowed groups' share: (blocks - 5 x 41) x 16 tokens.
     assert engine.max_model_len == (engine.kv_manager.num_blocks - 5 * 41) * 16 < 32768
-    running: list[int] = []
-    schedule = engine.scheduler.schedule
-
-    def recording_schedule():
-        out = schedule()
-        running.append(len(engine.scheduler.running))
-        return out
-
-    engine.scheduler.schedule = recording_schedule
     preemptions = engine.scheduler.num_preemptions
-    try:
+    with record_steps(engine) as steps:
         outs = freeing.generate([{"prompt_token_ids": p} for p in prompts],
                                 SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
-    finally:
-        del engine.scheduler.schedule
-    assert max(running) == 2 and engine.scheduler.num_preemptions == preemptions
+    assert max(steps.running) == 2 and engine.scheduler.num_preemptions == preemptions
     assert all(len(o.outputs[0].token_ids) == 16 for o in outs)
