@@ -2,10 +2,10 @@
 full cache (--disable-hybrid-kv-cache-manager: every block kept, the windows masked), side by side.
 
 Each engine prefills --batch copies of one 6,000-token conversation (each its own sequence: no
-prefix cache), then decodes --tokens greedy tokens for each. Figures: decode tokens a second
-(all sequences together, from each request's first token to its last), the KV held per sequence
-while decoding, and the time to the first token. The two engines alternate, round after round;
-medians of --rounds. Also checked: both answer with the same tokens.
+prefix cache), then decodes --tokens greedy tokens for each. Figures: decode tokens a second (all
+sequences together, over the steps that decode all of them and nothing else), the most KV held at
+once, and the median time to the first token (the copies queue for the prefill). The two engines
+alternate, round after round; medians of --rounds. Also checked: both answer with the same tokens.
 
     PYTHONPATH=. python benchmarks/sliding_window.py [--rounds 3] [--batch 1,4] [--tokens 64]
 """
@@ -53,13 +53,11 @@ def measure(llm: LLM, prompt: list[int], batch: int, tokens: int) -> tuple[dict[
         params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
         outs = llm.generate([{"prompt_token_ids": prompt}] * batch, params, use_tqdm=False)
     held = steps.blocks_held
-    first = min(o.metrics.first_token_time for o in outs)
-    last = max(o.metrics.finished_time for o in outs)
     paged = engine.runner.paged
     per_block = block_bytes(engine.arch, kv.block_size, paged.kv_cache.dtype, paged.kv_cache.shape[0])
     return {
-        "decode tok/s": batch * (tokens - 1) / (last - first),
-        "KV per sequence (MiB)": held[-1] * per_block / batch / 2**20,
+        "decode tok/s": steps.decode_tokens_per_second(batch),
+        "peak KV (MiB)": max(held) * per_block / 2**20,
         "TTFT (s)": statistics.median(o.metrics.first_token_time - o.metrics.arrival_time for o in outs),
     }, [o.outputs[0].token_ids for o in outs]
 
