@@ -79,8 +79,9 @@ def long_generation(window: int, num_tokens: int) -> dict[str, float]:
     while engine.has_unfinished_requests():
         for out in engine.step():
             produced += sum(len(s.new_token_ids) for s in out.samples) if out.request_id == request else 0
-        held.append(kv.num_blocks - kv.num_free_blocks)
-        times.append((time.perf_counter(), produced))
+        if engine.has_unfinished_requests():  # still generating: its blocks are held
+            held.append(kv.num_blocks - kv.num_free_blocks)
+            times.append((time.perf_counter(), produced))
     rate = lambda a, b: (b[1] - a[1]) / (b[0] - a[0])  # noqa: E731
     start = next(i for i, (_, n) in enumerate(times) if n >= 1)
     return {"tokens": produced, "first 1k tok/s": rate(times[start], times[start + 1000]),
