@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; the registry's default build pulls several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: install
 
 bench: install
 	$(PY) benchmarks/offline_throughput.py
+
+# Reliability (docs/RELIABILITY.md): a 30-minute soak under mixed load, then the fault and hostile-client tests.
+soak: install
+	timeout 2700 $(PY) benchmarks/soak.py --minutes 30
+	timeout 1800 $(PY) -m pytest -q tests/server/test_engine_death.py tests/server/test_hostile_clients.py \
+		tests/server/test_fuzz.py tests/engine/test_request_failure.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -90,7 +90,8 @@ def post(server) -> Callable[..., httpx.Response]:
     """Raw POSTs to /v1/<path>, with the API key."""
 
     def send(path: str, content: bytes | None = None, **kwargs) -> httpx.Response:
-        return httpx.post(f"{server.url}/v1/{path}", content=content, headers=server.headers(), timeout=120, **kwargs)
+        headers = {**server.headers(), **kwargs.pop("headers", {})}
+        return httpx.post(f"{server.url}/v1/{path}", content=content, headers=headers, timeout=120, **kwargs)
 
     return send
 

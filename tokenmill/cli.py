@@ -74,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         max_n=args.max_n, drain_timeout_s=args.drain_timeout, lora_modules=_lora_modules(args),
+        max_engine_restarts=args.max_engine_restarts, allowed_origins=tuple(args.allowed_origins), api_key_on_metrics=args.api_key_on_metrics,
     ))  # fmt: skip
     return 0
 
@@ -203,6 +204,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-n", type=int, default=S.max_n, help="samples one request may ask for (n, best_of)")
     parser.add_argument("--drain-timeout", type=float, default=S.drain_timeout_s,
                         help="on SIGTERM, seconds that in-flight requests get to finish")
+    parser.add_argument("--max-engine-restarts", type=int, default=S.max_engine_restarts,
+                        help="how many times an engine core that exits is replaced; then the server exits (code 1)")
+    parser.add_argument("--allowed-origins", nargs="*", default=[], metavar="ORIGIN",
+                        help="browser origins (https://host:port) that CORS lets call the API; none by default")
+    parser.add_argument("--api-key-on-metrics", action="store_true", help="require the API key on /metrics too")
     parser.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
                         help="LoRA adapters (PEFT folders) to serve, each under its name (needs --enable-lora)")
 

@@ -41,6 +41,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         default=CacheConfig.enable_prefix_caching, help="reuse the KV of shared prompt prefixes")
     parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                         help="the same as --no-enable-prefix-caching")
+    # vLLM's flag, so its command lines run: tokenmill names blocks by SHA-256 always (kv/block_hash.py),
+    # collision-resistant, so no tenant can craft a prompt whose blocks pass for another's.
+    parser.add_argument("--prefix-caching-hash-algo", default="sha256", choices=["sha256"],
+                        help="how prefix-cache blocks are named: SHA-256, the only choice (safe for many "
+                             "tenants; keep tenants apart with each request's cache_salt)")
     parser.add_argument("-q", "--quantization", default="auto", choices=QUANTIZATION_CHOICES,
                         help="weights: int8 (per channel) or int4 (per group), quantized at load; "
                              "gguf: a GGUF file's own quantized tensors; none: in --dtype; "

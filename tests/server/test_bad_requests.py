@@ -1,7 +1,9 @@
 """Every bad request gets a 4xx with an OpenAI error body naming the field; nothing else is hurt."""
 
 import json
+import sys
 import threading
+from pathlib import Path
 
 import openai
 import pytest
@@ -46,6 +48,17 @@ CASES = {
                                       "invalid_request_error", "logit_bias"),
     "logit_bias past 100": ("chat/completions", {**CHAT, "logit_bias": {"42": 101}}, 400, "invalid_request_error",
                             "logit_bias"),
+    "a 100,000-character stop string": ("completions", {**COMPLETION, "stop": "x" * 100_000}, 400,
+                                        "invalid_request_error", "stop"),
+    "33 stop strings": ("chat/completions", {**CHAT, "stop": [f"s{i}" for i in range(33)]}, 400,
+                        "invalid_request_error", "stop"),
+    "an empty stop string": ("completions", {**COMPLETION, "stop": [""]}, 400, "invalid_request_error", "stop"),
+    "negative token id": ("completions", {**COMPLETION, "prompt": [1, -5]}, 400, "invalid_request_error", "prompt"),
+    "two prompts": ("completions", {**COMPLETION, "prompt": ["a", "b"]}, 400, "invalid_request_error", "prompt"),
+    "echo": ("completions", {**COMPLETION, "echo": True}, 400, "invalid_request_error", "echo"),
+    "n past --max-n": ("completions", {**COMPLETION, "n": 129}, 400, "invalid_request_error", "n"),
+    "message not an object": ("chat/completions", {**CHAT, "messages": ["Hi"]}, 400, "invalid_request_error",
+                              "messages"),
 }
 DEEP = 5000
 HOSTILE_BODIES = {  # raw bodies past what the JSON parser or the engine should ever be given
@@ -96,6 +109,45 @@ def test_after_a_hostile_request_the_server_serves_a_normal_one_unchanged(post, 
     response = post("completions", json.dumps({**COMPLETION, "max_tokens": 12, "temperature": 0}).encode())
     alone = llm.generate([COMPLETION["prompt"]], SamplingParams(max_tokens=12, temperature=0), use_tqdm=False)
     assert response.status_code == 200 and response.json()["choices"][0]["text"] == alone[0].outputs[0].text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_body_not_sent_as_json_is_a_415(post, content_type):
+    response = post("completions", json.dumps(COMPLETION).encode(), headers={"Content-Type": content_type})
+    assert_error(response, 415, "invalid_request_error", None)
+
+
+# At their limits, served: the most logprobs, the most samples, the longest stop strings, and an empty message.
+AT_THE_LIMITS = {
+    "logprobs 20": ("completions", {**COMPLETION, "logprobs": 20}),
+    "top_logprobs 20": ("chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 20}),
+    "n 128": ("completions", {**COMPLETION, "n": 128, "max_tokens": 1}),
+    "32 stop strings of 1,024 characters": ("completions", {**COMPLETION, "stop": [f"{i:02d}" * 512 for i in range(32)]}),
+    "an empty message": ("chat/completions", {**CHAT, "messages": [{"role": "user", "content": ""}]}),
+}
+
+
+@pytest.mark.parametrize("case", AT_THE_LIMITS)
+def test_requests_at_the_limits_are_served(post, case):
+    endpoint, body = AT_THE_LIMITS[case]
+    response = post(endpoint, json.dumps(body).encode())
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == body.get("n", 1)
+
+
+def internals_in(text: str) -> list[str]:
+    """What an error body must never show: a traceback, a source file, a path of this machine."""
+    return [mark for mark in ("Traceback", ".py", "site-packages", str(Path.cwd()), sys.prefix, "File \"")
+            if mark in text]
+
+
+def test_no_error_body_shows_a_traceback_or_a_path(post):
+    bodies = [post(endpoint, json.dumps(body).encode()) for endpoint, body, *_ in CASES.values()]
+    bodies += [post("completions", raw) for raw in HOSTILE_BODIES.values()]
+    bodies += [post("completions", b'{"model": "x", "prompt": '), post("nowhere", b"{}")]
+    bodies += [post("load_lora_adapter", json.dumps({"lora_name": "a", "lora_path": str(Path.cwd())}).encode())]
+    for response in bodies:
+        assert 400 <= response.status_code < 500 and not internals_in(response.text), response.text
 
 
 def test_invalid_utf8(post):

@@ -5,7 +5,9 @@ never take the interpreter from the step loop. Requests go in through a multipro
 put never blocks the event loop: a feeder thread writes the pipe); what the core sends back comes
 through a pipe that the event loop itself watches, so each step's outputs cost no thread hand-off.
 There the output processor turns the core's token ids into text deltas, and a stop string it
-finds aborts that sample in the core. The pipe's end of file is the core's exit.
+finds aborts that sample in the core. The pipe's end of file is the core's exit: every request in
+flight then fails at once, and a new core is started in its place (up to max_restarts times; then
+`on_gone` is called, and the server exits for its supervisor).
 """
 
 from __future__ import annotations
@@ -35,29 +37,38 @@ class EngineDeadError(RuntimeError):
 
 
 class RequestRejectedError(ValueError):
-    """The engine refused a request; `param` names the offending field when one does."""
+    """The engine refused a request (`param` names the offending field when one does), or, with
+    server_fault, failed it."""
 
-    def __init__(self, param: str | None, message: str) -> None:
+    def __init__(self, param: str | None, message: str, server_fault: bool = False) -> None:
         super().__init__(message)
-        self.param = param
+        self.param, self.server_fault = param, server_fault
 
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig, tokenizer: Tokenizer,
-                 on_step: Callable[[StepOutputs], None] | None = None) -> None:
-        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or torch state
-        self._inbox: mp.Queue = ctx.Queue()
-        self._outbox, self._core_end = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=run_engine_core, args=(config, self._inbox, self._core_end, tokenmill_level()),
-                                    name="tokenmill-engine-core", daemon=True)
+                 on_step: Callable[[StepOutputs], None] | None = None, max_restarts: int = 0,
+                 on_gone: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self._config = config
         self._streams: dict[str, asyncio.Queue[RequestDelta | Exception]] = {}
         self._processor = OutputProcessor(tokenizer)
         self._on_step = on_step
+        self._restarts_left, self._on_gone = max_restarts, on_gone
         self._ids = itertools.count()
         self._stopping = False
         self._dead = False  # the pipe ended: the core is gone, even before the process is reaped
+        self.restarts = 0
+        self._restarting: asyncio.Future | None = None
         self.stats = EngineStats(0, 0, 0.0, 0)
         self.max_model_len = 0
+        self._new_core()
+
+    def _new_core(self) -> None:
+        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or torch state
+        self._inbox: mp.Queue = ctx.Queue()
+        self._outbox, self._core_end = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=run_engine_core, args=(self._config, self._inbox, self._core_end,
+                                    tokenmill_level()), name="tokenmill-engine-core", daemon=True)  # fmt: skip
 
     @property
     def is_alive(self) -> bool:
@@ -71,6 +82,36 @@ class AsyncEngine:
         ready = await loop.run_in_executor(None, self._wait_ready)
         self.max_model_len = ready.max_model_len
         loop.add_reader(self._outbox.fileno(), self._read)
+        self._dead = False
+
+    async def _restart(self) -> None:
+        """A new core in place of the one that exited, until the restarts allowed are spent."""
+        while not self._stopping:
+            if self._restarts_left == 0:
+                logger.error("the engine core exited and no restart is left: the server stops")
+                if self._on_gone is not None:
+                    self._on_gone()
+                return
+            self._restarts_left -= 1
+            self._close_core()
+            self._new_core()
+            logger.warning("restarting the engine core (%d restarts left)", self._restarts_left)
+            try:
+                await self.start()
+            except EngineDeadError as exc:
+                logger.error("%s", exc)
+                continue
+            self.restarts += 1
+            logger.warning("the engine core is serving again")
+            return
+
+    def _close_core(self) -> None:
+        """Releases the exited core's pipe and queue."""
+        if not self._outbox.closed:
+            self._outbox.close()
+        self._core_end.close()
+        self._inbox.close()
+        self._inbox.cancel_join_thread()  # nobody reads it any more: do not wait to flush it
 
     def _wait_ready(self) -> CoreReady:
         try:
@@ -88,6 +129,7 @@ class AsyncEngine:
             asyncio.get_running_loop().remove_reader(self._outbox.fileno())
             if not self._stopping:
                 self._fail_all()
+                self._restarting = asyncio.ensure_future(self._restart())
             return
         self._dispatch(out)
 
@@ -95,7 +137,7 @@ class AsyncEngine:
         self.stats = out.stats
         for rejected in out.rejected:
             if (stream := self._streams.get(rejected.request_id)) is not None:
-                stream.put_nowait(RequestRejectedError(rejected.param, rejected.message))
+                stream.put_nowait(RequestRejectedError(rejected.param, rejected.message, rejected.server_fault))
         for delta in self._processor.process(out.outputs):
             if (stream := self._streams.get(delta.request_id)) is not None:
                 stream.put_nowait(delta)
@@ -146,6 +188,9 @@ class AsyncEngine:
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True
+        if self._restarting is not None and not self._restarting.done():
+            self._process.terminate()  # a core still loading: it has not read its inbox yet
+            await asyncio.gather(self._restarting, return_exceptions=True)
         if self._process.is_alive():
             self._inbox.put(Shutdown())
             await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout)

@@ -70,6 +70,7 @@ class RequestRejected:
     request_id: str
     param: str | None
     message: str
+    server_fault: bool = False  # the engine failed it (a 500), rather than refusing what it asked (a 400)
 
 
 @dataclass
@@ -103,6 +104,8 @@ def run_engine_core(
 
 def _serve(engine: LLMEngine, inbox: multiprocessing.queues.Queue, outbox: multiprocessing.connection.Connection,
            parent: int) -> None:
+    from tokenmill.engine.engine import RequestFailedError
+
     while True:
         messages: list[AddRequest | AbortRequest | Shutdown] = []
         try:
@@ -118,7 +121,8 @@ def _serve(engine: LLMEngine, inbox: multiprocessing.queues.Queue, outbox: multi
         rejected = [r for m in messages if (r := _handle(engine, m)) is not None]
         free_blocks = engine.kv_manager.num_free_blocks
         outputs = engine.step() if engine.has_unfinished_requests() else []
-        rejected += [RequestRejected(request_id, exc.param, str(exc)) for request_id, exc in engine.take_rejected()]
+        rejected += [RequestRejected(request_id, exc.param, str(exc), isinstance(exc, RequestFailedError))
+                     for request_id, exc in engine.take_rejected()]  # fmt: skip
         freed = engine.kv_manager.num_free_blocks != free_blocks  # blocks a decode instance pulled, say
         if outputs or messages or rejected or freed:
             try:
@@ -140,5 +144,6 @@ def _handle(engine: LLMEngine, message: AddRequest | AbortRequest) -> RequestRej
         return RequestRejected(message.request_id, exc.param, str(exc))
     except Exception as exc:  # whatever else a request can provoke, it must not stop the core
         logger.exception("request %s refused", message.request_id)
-        return RequestRejected(message.request_id, None, f"the engine could not take the request: {exc}")
+        return RequestRejected(message.request_id, None, f"the engine could not take the request "
+                                                         f"({type(exc).__name__}); the server's log has the details")
     return None

@@ -44,6 +44,13 @@ class InvalidRequestError(ValueError):
         self.param = param
 
 
+class RequestFailedError(RuntimeError):
+    """The engine failed one request in that request's own work of a step (its grammar, its stop
+    rules, its KV hand-off); the batch's other requests go on. Nothing in the request was wrong."""
+
+    param = None
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.executor = make_executor(config)  # the runner here, and on every other rank if there are several
@@ -72,7 +79,8 @@ class LLMEngine:
         self._seqs: dict[int, Sequence] = {}
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
-        self._rejected: list[tuple[str, InvalidRequestError]] = []  # refused after add_request returned
+        # refused (or failed) after add_request returned
+        self._rejected: list[tuple[str, InvalidRequestError | RequestFailedError]] = []
         self._steps_in_flight = 0  # submitted to the executor, output not yet taken
         self._rank_stats: tuple[RankStats, ...] = ()
         self._rank_stats_time = -math.inf
@@ -177,9 +185,10 @@ class LLMEngine:
             del self._seqs[seq.seq_id]
             self.structured.free(seq.seq_id)
 
-    def take_rejected(self) -> list[tuple[str, InvalidRequestError]]:
-        """Requests refused since the last call after add_request had taken them (an output
-        constraint the grammar backend could not compile); they produced no token and hold nothing."""
+    def take_rejected(self) -> list[tuple[str, InvalidRequestError | RequestFailedError]]:
+        """Requests ended since the last call after add_request had taken them, and why: refused (an
+        output constraint the grammar backend could not compile), or failed in a step (an error in
+        their own work). They hold nothing any more and get no further output."""
         rejected, self._rejected = self._rejected, []
         return rejected
 
@@ -192,14 +201,16 @@ class LLMEngine:
                 self.scheduler.add(seq)
         for seq_id, exc in failed.items():
             seq = self._seqs.get(seq_id)
-            if seq is None:
-                continue  # a sibling sample's failure already refused the request
-            request = self.requests[seq.request_id]
-            for sibling in request.seqs:
-                if not sibling.is_finished:
-                    self.scheduler.finish(sibling, "abort")
-            self._forget(request)
-            self._rejected.append((request.request_id, InvalidRequestError(exc.param, str(exc))))
+            if seq is not None:  # else a sibling sample's failure already refused the request
+                self._end(self.requests[seq.request_id], InvalidRequestError(exc.param, str(exc)))
+
+    def _end(self, request: Request, error: InvalidRequestError | RequestFailedError) -> None:
+        """Ends every sample of the request, frees its blocks, and reports why."""
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq, "abort")
+        self._forget(request)
+        self._rejected.append((request.request_id, error))
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -278,11 +289,20 @@ class LLMEngine:
         for seq_id, token_ids in result.sampled_token_ids.items():
             seq = self._seqs.get(seq_id)
             if seq is None or seq.is_finished:
-                continue  # aborted while its step was in flight
-            touched.setdefault(seq.request_id, []).append(self._append(seq, token_ids, result.logprobs.get(seq_id)))
+                continue  # aborted while its step was in flight (or a sibling sample failed)
+            try:
+                sample = self._append(seq, token_ids, result.logprobs.get(seq_id))
+            except Exception:  # its own work failed: that request ends, the batch goes on
+                logger.exception("request %s failed in a step", seq.request_id)
+                self._end(self.requests[seq.request_id], RequestFailedError("the engine failed this request; "
+                                                                            "the server's log has the details"))
+                continue
+            touched.setdefault(seq.request_id, []).append(sample)
         outputs = []
         for request_id, samples in touched.items():
-            request = self.requests[request_id]
+            request = self.requests.get(request_id)
+            if request is None:
+                continue  # failed after a sibling sample's tokens were added
             if request.metrics.first_token_time is None:
                 request.metrics.first_token_time = now
             if request.finished:

@@ -36,7 +36,8 @@ class AdapterRegistry:
         if not name or name == self.base_name or name in self._adapters:
             raise bad_request(f"lora_name {name!r} is empty, the base model's, or already loaded", "lora_name")
         if not (Path(path) / "adapter_config.json").is_file():
-            raise bad_request(f"{path} is not a PEFT LoRA adapter (no adapter_config.json)", "lora_path")
+            raise bad_request("lora_path is not a PEFT LoRA adapter folder (it has no adapter_config.json)",
+                              "lora_path")
         self._adapters[name] = LoRARequest(name, next(self._ids), path)
         return self._adapters[name]
 

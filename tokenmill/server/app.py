@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 import tokenmill
@@ -22,9 +26,11 @@ from tokenmill.lora.request import LoRARequest
 from tokenmill.server.adapters import AdapterRegistry
 from tokenmill.server.admission import AdmissionControl
 from tokenmill.server.config import ServerConfig
-from tokenmill.server.errors import APIError, api_key_check, bad_request, http_error
+from tokenmill.server.errors import APIError, api_key_check, bad_request, http_error, internal_error
 from tokenmill.server.generation import RequestRun, ServerState
 from tokenmill.server.metrics import ServerMetrics
+from tokenmill.server import openapi
+from tokenmill.server.openapi import errors, generated, request_body
 from tokenmill.server.protocol import (
     ChatCompletionRequest, CompletionRequest, LoadAdapterRequest, RequestLimits, UnloadAdapterRequest, parse_body,
 )  # fmt: skip
@@ -34,7 +40,8 @@ from tokenmill.tool_calls.format import ToolCallFormat
 
 def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Tokenizer) -> FastAPI:
     metrics = ServerMetrics(config.served_model_name, 0 if engine_config.lora is None else engine_config.lora.max_loras)
-    engine = AsyncEngine(engine_config, tokenizer, on_step=lambda out: metrics.observe_engine(out.stats))
+    engine = AsyncEngine(engine_config, tokenizer, on_step=lambda out: metrics.observe_engine(out.stats),
+                         max_restarts=config.max_engine_restarts, on_gone=lambda: _stop_server(app))
     adapters = AdapterRegistry(config.served_model_name, engine_config.lora is not None, config.lora_modules)
     state = ServerState(engine, config, metrics, AdmissionControl(config.max_queued_requests, config.max_queued_tokens),
                         adapters)
@@ -47,25 +54,68 @@ def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Toke
 
     app = FastAPI(title="tokenmill", version=tokenmill.__version__, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    if config.allowed_origins:  # closed unless configured: no browser page may call the API
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     app.add_exception_handler(APIError, lambda request, exc: exc.response())
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    key_check = Depends(api_key_check(config.api_key))
     app.include_router(_public_routes(state))
-    app.include_router(_v1_routes(state, tokenizer), dependencies=[Depends(api_key_check(config.api_key))])
+    app.include_router(_metrics_route(state), dependencies=[key_check] if config.api_key_on_metrics else [])
+    app.include_router(_v1_routes(state, tokenizer), dependencies=[key_check])
+    secured = () if config.api_key is None else ("/v1/", "/metrics") if config.api_key_on_metrics else ("/v1/",)
+    openapi.install(app, BODIES, lambda: _limits(state), secured)
     return app
+
+
+def _stop_server(app: FastAPI) -> None:
+    """The engine is gone for good: SIGTERM ourselves (uvicorn closes the connections) and exit
+    with code 1, so that a supervisor restarts the server."""
+    app.state.exit_code = 1
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+BODIES: list[type[BaseModel]] = [CompletionRequest, ChatCompletionRequest, LoadAdapterRequest, UnloadAdapterRequest]
+
+
+def _limits(state: ServerState) -> dict[str, dict[str, dict]]:
+    """The bounds that are this server's settings, for its OpenAPI document."""
+    served = {"enum": [card["id"] for card in state.adapters.cards()]}
+    n = {"maximum": state.config.max_n}
+    return {"CompletionRequest": {"model": served, "n": n, "best_of": n},
+            "ChatCompletionRequest": {"model": served, "n": n}}
+
+
+async def _read(request: Request, model: type[BaseModel]) -> Any:
+    """The request's JSON body as `model`: a 415 for a body sent as something else."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise APIError(415, f"the body must be sent as application/json, not {media_type!r}",
+                       code="unsupported_media_type")
+    return parse_body(await request.body(), model)
 
 
 def _public_routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.get("/health", response_class=Response,
+                responses={200: {"description": "the engine runs"}, 503: {"description": openapi.NOT_RUNNING}})
     async def health() -> Response:
         return Response(status_code=200 if state.engine.is_alive else 503)
 
-    @router.get("/version")
+    @router.get("/version", response_model=openapi.Version)
     async def version() -> dict:
         return {"version": tokenmill.__version__}
 
-    @router.get("/metrics")
+    return router
+
+
+def _metrics_route(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/metrics", response_class=Response,
+                responses={200: {"description": "Prometheus' text format", "content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -78,26 +128,34 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     tool_format = ToolCallFormat()
     adapters = state.adapters
 
-    @router.get("/models")
+    @router.get("/models", response_model=openapi.ModelList, responses=errors(401))
     async def models() -> dict:
         cards = [{**card, "max_model_len": state.engine.max_model_len} for card in adapters.cards()]
         return {"object": "list", "data": cards}
 
-    @router.post("/load_lora_adapter")
+    adapter_answers = {200: {"description": "done", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **errors(400, 401, 404, 413, 415)}  # fmt: skip
+
+    @router.post("/load_lora_adapter", response_class=Response, responses=adapter_answers,
+                 openapi_extra=request_body(LoadAdapterRequest))
     async def load_lora_adapter(request: Request) -> Response:
-        body: LoadAdapterRequest = parse_body(await request.body(), LoadAdapterRequest)
+        body: LoadAdapterRequest = await _read(request, LoadAdapterRequest)
         adapters.load(body.lora_name, body.lora_path)
         return Response(f"adapter {body.lora_name!r} loaded", media_type="text/plain")
 
-    @router.post("/unload_lora_adapter")
+    @router.post("/unload_lora_adapter", response_class=Response, responses=adapter_answers,
+                 openapi_extra=request_body(UnloadAdapterRequest))
     async def unload_lora_adapter(request: Request) -> Response:
-        body: UnloadAdapterRequest = parse_body(await request.body(), UnloadAdapterRequest)
+        body: UnloadAdapterRequest = await _read(request, UnloadAdapterRequest)
         adapters.unload(body.lora_name)
         return Response(f"adapter {body.lora_name!r} unloaded", media_type="text/plain")
 
-    @router.post("/completions")
+    generation_errors = errors(400, 401, 404, 408, 413, 415, 429, 503)
+
+    @router.post("/completions", response_class=Response, responses={**generated(openapi.Completion),
+                 **generation_errors}, openapi_extra=request_body(CompletionRequest))  # fmt: skip
     async def completions(request: Request) -> Response:
-        body: CompletionRequest = parse_body(await request.body(), CompletionRequest)
+        body: CompletionRequest = await _read(request, CompletionRequest)
         lora = adapters.resolve(body.model)
         params = body.sampling_params(limits)
         prompt = body.prompt_input()
@@ -108,9 +166,10 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
         await _unless_disconnected(request, _consume(run))
         return JSONResponse(responses.completion_body(run, body.model))
 
-    @router.post("/chat/completions")
+    @router.post("/chat/completions", response_class=Response, responses={**generated(openapi.ChatCompletion),
+                 **generation_errors}, openapi_extra=request_body(ChatCompletionRequest))  # fmt: skip
     async def chat_completions(request: Request) -> Response:
-        body: ChatCompletionRequest = parse_body(await request.body(), ChatCompletionRequest)
+        body: ChatCompletionRequest = await _read(request, ChatCompletionRequest)
         lora = adapters.resolve(body.model)
         use = body.tool_use()
         params = body.sampling_params(limits, tool_format.constraint(use) if use is not None else None)

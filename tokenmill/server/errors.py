@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -30,10 +34,13 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 def api_key_check(api_key: str | None) -> Callable[[Request], None]:
-    """A route dependency: with a key set, a request without 'Authorization: Bearer <key>' gets a 401."""
+    """A route dependency: with a key set, a request without 'Authorization: Bearer <key>' gets a 401.
+    The comparison takes the same time wherever the first wrong byte is, so timing tells nothing."""
+    expected = None if api_key is None else f"Bearer {api_key}".encode()
 
     def check(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+        if expected is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                            expected):  # fmt: skip
             raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
                            "authentication_error", code="invalid_api_key")
 
@@ -42,7 +49,14 @@ def api_key_check(api_key: str | None) -> Callable[[Request], None]:
 
 def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method) in the OpenAI shape too."""
-    return APIError(exc.status_code, str(exc.detail), "invalid_request_error").response()
+    return APIError(exc.status_code, str(exc.detail), "invalid_request_error", headers=exc.headers).response()  # Allow, for a 405
+
+
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unforeseen: a 500 in the OpenAI shape that names no file, line or value; the log has them."""
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return APIError(500, "the server failed to answer this request; its log has the details", "server_error",
+                    code="internal_error").response()
 
 
 def passed_headers(request: Request) -> dict[str, str]:

@@ -98,6 +98,9 @@ class RequestRun:
             raise APIError(408, f"the request did not finish within {state.config.request_timeout_s:g} s",
                            "timeout_error", code="request_timeout") from exc
         except RequestRejectedError as exc:
+            if exc.server_fault:
+                state.metrics.observe_rejected("failed")
+                raise APIError(500, str(exc), "server_error", code="internal_error") from exc
             state.metrics.observe_rejected("invalid")
             raise bad_request(str(exc), exc.param) from exc
         except EngineDeadError as exc:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from tokenmill.kv_transfer.params import KVTransferParams
 from tokenmill.sampling_params import MAX_LOGPROBS, SamplingParams, SamplingParamsError
@@ -23,10 +23,22 @@ from tokenmill.structured.params import StructuredOutputsError, StructuredOutput
 from tokenmill.tool_calls.format import ToolCallFormat
 from tokenmill.tool_calls.tools import ToolError, ToolUse
 
-# The roles OpenAI's chat API defines ("function" is its older name for "tool"); anything else is
-# refused by name rather than rendered into the prompt as text the model never saw in training.
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# The roles OpenAI's chat API defines ("function" is its older name for "tool").
+ChatRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range: -100 (never) to 100 (always)
+# Stop strings are searched in every sample's text after every token, and held back from a stream
+# while they may still match: past these bounds a request would cost the front end more per token
+# than the engine's step (OpenAI allows 4).
+MAX_STOP_STRINGS = 32
+MAX_STOP_CHARS = 1024
+
+# The bounds each field has; they are the schema's (GET /openapi.json) and pydantic enforces them.
+Positive = Annotated[int, Field(ge=1)]
+LogprobCount = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+Bias = Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]
 
 
 class StreamOptions(BaseModel):
@@ -36,32 +48,32 @@ class StreamOptions(BaseModel):
 class _SamplingRequest(StructuredFields):
     """Fields the two endpoints share."""
 
-    model_config = ConfigDict(extra="ignore", strict=False)
+    model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
+    max_tokens: Positive | None = None
+    temperature: Annotated[float, Field(ge=0.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    n: Positive = 1  # at most the server's --max-n, checked below
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
     user: str | None = None
     # vLLM's extras
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    min_tokens: int = 0
+    top_k: Annotated[int, Field(ge=-1)] = 0
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0
+    min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
     cache_salt: str | None = None  # requests with different salts share no prefix-cache blocks
-    logit_bias: dict[str, float] | None = None  # token id (as a string, JSON's keys) -> added to its logit
+    logit_bias: dict[TokenIdKey, Bias] | None = None  # token id (as a string, JSON's keys) -> added to its logit
     kv_transfer_params: dict | None = None  # disaggregated serving (vLLM's): set by `tokenmill disagg-proxy`
 
     @property
@@ -120,13 +132,10 @@ class _SamplingRequest(StructuredFields):
             return None
         bias: dict[int, float] = {}
         for key, value in self.logit_bias.items():
-            token_id = int(key) if key.lstrip("-").isdigit() else None
-            if token_id is None or not 0 <= token_id < vocab_size:
+            if not int(key) < vocab_size:
                 raise bad_request(f"logit_bias key {key!r} is not a token id of the vocabulary (0..{vocab_size - 1})",
                                   "logit_bias")
-            if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
-                raise bad_request(f"logit_bias values must be in [-100, 100], got {value} for token {key}", "logit_bias")
-            bias[token_id] = value
+            bias[int(key)] = value
         return bias
 
 
@@ -149,11 +158,16 @@ class RequestLimits:
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str | list[int] | list[str]
-    max_tokens: int | None = 16  # OpenAI's default for completions
-    logprobs: int | None = None
-    echo: bool = False
-    best_of: int | None = None
+    # One prompt: text, token ids (each below the vocabulary's size), or a list of one text; the
+    # schema states what prompt_input checks, whose messages say more than a union's errors.
+    prompt: (str | list[int] | list[str]) = Field(json_schema_extra={"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]})
+    max_tokens: Positive | None = 16  # OpenAI's default for completions
+    logprobs: LogprobCount | None = None
+    echo: bool = Field(False, json_schema_extra={"enum": [False]})  # refused below, by name
+    best_of: Positive | None = None  # equal to n: every sample is returned
 
     def prompt_input(self) -> str | list[int]:
         """One prompt: a string or token ids (a list of one string is that string)."""
@@ -164,20 +178,20 @@ class CompletionRequest(_SamplingRequest):
             prompt = prompt[0]
         if not prompt:
             raise bad_request("prompt is empty", "prompt")
+        if isinstance(prompt, list) and min(prompt) < 0:
+            raise bad_request(f"token id {min(prompt)} is negative", "prompt")
         return prompt
 
     def sampling_params(self, limits: RequestLimits) -> SamplingParams:
         if self.echo:
             raise bad_request("echo is not supported", "echo")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise bad_request(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}", "logprobs")
         if self.best_of is not None:
-            if not 1 <= self.best_of <= limits.max_n:
+            if self.best_of > limits.max_n:
                 raise bad_request(f"best_of must be in [1, {limits.max_n}], got {self.best_of}", "best_of")
             if self.best_of != self.n:  # as vLLM's V1 engine: every sample generated is returned
                 raise bad_request(f"best_of must equal n ({self.n}): every sample is returned, none dropped",
                                   "best_of")
-        return self._sampling_params(_max_tokens(self.max_tokens, "max_tokens"), self.logprobs, limits)
+        return self._sampling_params(self.max_tokens, self.logprobs, limits)
 
 
 class ContentPart(BaseModel):
@@ -186,7 +200,7 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: str
+    role: ChatRole  # anything else is refused by name, not rendered as text the model never saw in training
     content: str | list[ContentPart] | None = None
     tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool result: the call it answers
@@ -198,10 +212,10 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingRequest):
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Positive | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: LogprobCount | None = None
     add_generation_prompt: bool = True
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -215,33 +229,16 @@ class ChatCompletionRequest(_SamplingRequest):
             raise bad_request(str(exc), exc.param) from exc
 
     def conversation(self, tool_format: ToolCallFormat, use: ToolUse | None) -> list[dict[str, str]]:
-        if not self.messages:
-            raise bad_request("messages must not be empty", "messages")
-        for index, message in enumerate(self.messages):
-            if message.role not in CHAT_ROLES:
-                raise bad_request(f"messages[{index}].role {message.role!r} is not one of {', '.join(CHAT_ROLES)}",
-                                  "messages")
         messages = [{"role": m.role, "content": m.text(), "tool_calls": m.tool_calls} for m in self.messages]
         return tool_format.conversation(messages, use)
 
     def sampling_params(self, limits: RequestLimits, tool_constraint: StructuredOutputsParams | None = None,
                         ) -> SamplingParams:  # fmt: skip
-        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_LOGPROBS:
-            raise bad_request(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {self.top_logprobs}", "top_logprobs")
         if self.top_logprobs and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
-        if self.max_completion_tokens is not None:
-            max_tokens = _max_tokens(self.max_completion_tokens, "max_completion_tokens")
-        else:
-            max_tokens = _max_tokens(self.max_tokens, "max_tokens")
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return self._sampling_params(max_tokens, logprobs, limits, tool_constraint)
-
-
-def _max_tokens(value: int | None, param: str) -> int | None:
-    if value is not None and value < 1:
-        raise bad_request(f"{param} must be >= 1, got {value}", param)
-    return value
 
 
 def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
@@ -261,8 +258,8 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
         raise too_deep from exc
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")
-    try:
-        return model.model_validate(data)
+    try:  # strict: JSON's own types, as the schema states them (no "5" for 5, no true for 1)
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 
@@ -26,9 +27,21 @@ def serve(engine_config: EngineConfig, config: ServerConfig) -> None:
     run_app(app, config.host, config.port, config.drain_timeout_s, "info")
 
 
+def _raise_open_files_limit(wanted: int = 65536) -> None:
+    """Each client holds a socket: lift the soft limit on open files (often 1,024) toward the hard
+    one, so that thousands of connections are served rather than refused at accept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        logger.info("open files limit raised from %d to %d", soft, target)
+
+
 def run_app(app: FastAPI, host: str, port: int, drain_timeout_s: float, log_level: str) -> None:
-    """Runs an app on uvicorn until SIGINT or SIGTERM, draining in-flight requests, exit code 0."""
+    """Runs an app on uvicorn until SIGINT or SIGTERM, draining in-flight requests; exits with the
+    app's state.exit_code (0 unless the app stopped itself on a failure)."""
+    _raise_open_files_limit()
     # uvicorn drains on SIGTERM, then raises it again: make that an orderly exit, so multiprocessing
     # releases its queues' semaphores instead of the process dying on the signal.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(getattr(app.state, "exit_code", 0)))
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_timeout_s)
