@@ -111,6 +111,14 @@ def test_after_a_hostile_request_the_server_serves_a_normal_one_unchanged(post, 
     assert response.status_code == 200 and response.json()["choices"][0]["text"] == alone[0].outputs[0].text
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"1" * 5000])
+def test_numbers_json_cannot_hold_are_refused(post, number):
+    raw = json.dumps(COMPLETION)[:-1].encode() + b', "temperature": ' + number + b"}"
+    response = post("completions", raw)
+    assert_error(response, 400, "invalid_request_error", None)
+    assert "not valid JSON" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
 def test_a_body_not_sent_as_json_is_a_415(post, content_type):
     response = post("completions", json.dumps(COMPLETION).encode(), headers={"Content-Type": content_type})
@@ -186,7 +194,8 @@ def test_bad_requests_do_not_disturb_one_in_flight(client, post, llm):
     assert "".join(chunks) == alone
 
 
-@pytest.mark.parametrize("extra", [{"seed": -7}, {"seed": 2**70}, {"top_k": 10**9}, {"stop_token_ids": [-1, 10**9]}])
+@pytest.mark.parametrize("extra", [{"seed": -7}, {"seed": 2**70}, {"top_k": 10**9}, {"stop_token_ids": [-1, 10**9]},
+                                   {"stop_token_ids": [-1, 10**9, 10**30], "min_tokens": 2}])
 def test_odd_but_valid_values_are_served(post, extra):
     response = post("completions", json.dumps({**COMPLETION, "temperature": 0.7, **extra}).encode())
     assert response.status_code == 200, response.text

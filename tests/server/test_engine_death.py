@@ -71,8 +71,12 @@ def test_a_core_killed_mid_load_fails_every_request_in_5_s_then_a_new_core_serve
                 assert c.outcome.startswith("503") and "engine_dead" in c.outcome, c.outcome
         server.wait_health(503, timeout=5)
         server.wait_health(200, timeout=180)  # the new core has loaded the model
+        queries = server.metric("tokenmill:prefix_cache_queries_total")
         assert greedy_text(server) == before
-        assert "restarting the engine core (2 restarts left)" in server.log.read_text()
+        time.sleep(0.5)  # the core reports its counts after the step
+        assert server.metric("tokenmill:prefix_cache_queries_total") > queries  # the new core's counts add on
+        log = server.log.read_text()
+        assert "restarting the engine core (2 restarts left)" in log and "Exception in callback" not in log
     finally:
         server.stop()
 

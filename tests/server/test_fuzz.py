@@ -23,7 +23,9 @@ EXCLUDED_CHECKS = "positive_data_acceptance"
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory):
     # A short context and few samples bound what each generated request can cost.
-    running = start_server(tmp_path_factory.mktemp("fuzz"), "--max-model-len", "48", "--max-n", "2")
+    # The default mode (quantized weights, the fast step), as users serve: it answers soonest.
+    running = start_server(tmp_path_factory.mktemp("fuzz"), "--dtype", "auto", "--quantization", "auto",
+                           "--max-model-len", "32", "--max-n", "2")
     yield running
     running.stop()
 
@@ -45,7 +47,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(fuz
         "-H", f"Authorization: Bearer {API_KEY}", "--report", "json", "--report-json-path", str(report),
         "--no-color", "--suppress-health-check", "all",
     ]  # fmt: skip  (one worker: Hypothesis describing its strategies from two threads at once fails)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its cache there
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     run = json.loads(report.read_text())
     assert run["operations"]["tested"] == 8 and not run["failures"] and not run["errors"]
@@ -54,9 +56,9 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(fuz
 
 
 def test_a_max_tokens_past_the_context_ends_at_the_context(fuzzed_server):
-    body = {"model": MODEL, "prompt": "word " * 29, "max_tokens": 10**9}  # 30 tokens of a 48-token context
+    body = {"model": MODEL, "prompt": "word " * 19, "max_tokens": 10**9}  # 20 tokens of a 32-token context
     response = httpx.post(f"{fuzzed_server.url}/v1/completions", json=body, headers=fuzzed_server.headers(),
                           timeout=60)  # fmt: skip
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["total_tokens"] == 48
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["total_tokens"] == 32

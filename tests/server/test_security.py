@@ -83,13 +83,15 @@ def test_an_unforeseen_error_is_a_500_without_internals(make_client, monkeypatch
 
 def test_the_openapi_document_states_every_route_its_bounds_and_its_key(make_client):
     client = make_client(max_n=7)
-    document = client.get("/openapi.json").json()
+    assert client.get("/openapi.json").status_code == 401  # it names the adapters served
+    assert client.get("/docs").status_code == 404
+    document = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert set(document["paths"]) == {"/health", "/version", "/metrics", "/v1/models", "/v1/completions",
                                       "/v1/chat/completions", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
     for path, operations in document["paths"].items():
         for operation in operations.values():
             assert ("security" in operation) == path.startswith("/v1/")
-            assert set(operation["responses"]) >= ({"200", "401"} if path.startswith("/v1/") else {"200"})
+            assert set(operation["responses"]) >= ({"200", "401", "500"} if path.startswith("/v1/") else {"200", "500"})
             if "requestBody" in operation:
                 assert {"400", "413", "415"} <= set(operation["responses"])
     schemas = document["components"]["schemas"]

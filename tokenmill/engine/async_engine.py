@@ -85,33 +85,42 @@ class AsyncEngine:
         self._dead = False
 
     async def _restart(self) -> None:
-        """A new core in place of the one that exited, until the restarts allowed are spent."""
+        """A new core in place of the one that exited, until the restarts allowed are spent; a core
+        that fails to start waits longer before the next try (1 s, 2 s, 4 s, ...)."""
+        self.stats = EngineStats(0, 0, 0.0, 0)
+        delay = 0.0
         while not self._stopping:
             if self._restarts_left == 0:
                 logger.error("the engine core exited and no restart is left: the server stops")
                 if self._on_gone is not None:
                     self._on_gone()
                 return
+            await asyncio.sleep(delay)
             self._restarts_left -= 1
             self._close_core()
-            self._new_core()
             logger.warning("restarting the engine core (%d restarts left)", self._restarts_left)
             try:
+                self._new_core()
                 await self.start()
-            except EngineDeadError as exc:
-                logger.error("%s", exc)
+            except Exception:  # it died while loading, or could not be started at all
+                logger.exception("the new engine core failed to start")
+                delay = max(1.0, 2 * delay)
                 continue
             self.restarts += 1
             logger.warning("the engine core is serving again")
             return
 
     def _close_core(self) -> None:
-        """Releases the exited core's pipe and queue."""
+        """Releases an exited core's pipe and queue. The queue's reading end goes first: a request
+        the feeder thread was writing when the core died would otherwise block it forever on the
+        full pipe, and with it the exit."""
         if not self._outbox.closed:
+            asyncio.get_running_loop().remove_reader(self._outbox.fileno())
             self._outbox.close()
-        self._core_end.close()
+        self._core_end.close()  # a no-op once start() has handed it over
+        self._inbox._reader.close()  # type: ignore[attr-defined]  # multiprocessing has no public way
         self._inbox.close()
-        self._inbox.cancel_join_thread()  # nobody reads it any more: do not wait to flush it
+        self._inbox.join_thread()
 
     def _wait_ready(self) -> CoreReady:
         try:
@@ -197,9 +206,4 @@ class AsyncEngine:
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout)
-        if not self._outbox.closed:
-            asyncio.get_running_loop().remove_reader(self._outbox.fileno())
-            self._outbox.close()
-        self._core_end.close()  # a no-op once start() has handed it over
-        self._inbox.close()  # release its pipe and semaphore now, not at exit
-        self._inbox.join_thread()
+        self._close_core()  # release its pipe and semaphore now, not at exit

@@ -145,5 +145,5 @@ def _handle(engine: LLMEngine, message: AddRequest | AbortRequest) -> RequestRej
     except Exception as exc:  # whatever else a request can provoke, it must not stop the core
         logger.exception("request %s refused", message.request_id)
         return RequestRejected(message.request_id, None, f"the engine could not take the request "
-                                                         f"({type(exc).__name__}); the server's log has the details")
+                               f"({type(exc).__name__}); the server's log has the details", server_fault=True)
     return None

@@ -120,6 +120,10 @@ class LLMEngine:
                                                     f"(0..{self.arch.vocab_size - 1})")
         if lora_request is not None:
             self._check_adapter(lora_request)
+        if any(not 0 <= t < self.arch.vocab_size for t in params.stop_token_ids or ()):
+            # never sampled, so they can never stop it; dropped here, the sampler masks only real ids
+            kept = [t for t in params.stop_token_ids if 0 <= t < self.arch.vocab_size]
+            params = dataclasses.replace(params, stop_token_ids=kept)
         seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt, returns_prompt_rows,
                                     lora_request)
         self.requests[request_id] = Request(request_id, token_ids, params, seqs)
@@ -323,7 +327,11 @@ class LLMEngine:
                 parks = self.kv_transfer is not None and self.kv_transfer.parks(seq)
                 self.scheduler.finish(seq, *finish, keep_blocks=parks)
                 if parks:
-                    self.requests[seq.request_id].kv_transfer_params = self.kv_transfer.park(seq)
+                    try:
+                        self.requests[seq.request_id].kv_transfer_params = self.kv_transfer.park(seq)
+                    except Exception:
+                        self.kv_manager.free(seq.seq_id)  # kept for a hand-off that never happened
+                        raise
                 break
         new_logprobs = None if seq.params.logprobs is None else [logprobs] if logprobs is not None else []
         return SampleOutput(seq.index, added, new_logprobs, seq.finish_reason, seq.stop_reason)

@@ -52,11 +52,15 @@ def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Toke
         yield
         await engine.shutdown()
 
-    app = FastAPI(title="tokenmill", version=tokenmill.__version__, lifespan=lifespan)
+    # With a key, the document (which names the adapters served) is behind it too, and the pages
+    # that read it without one are off.
+    hidden = {"openapi_url": None, "docs_url": None, "redoc_url": None} if config.api_key is not None else {}
+    app = FastAPI(title="tokenmill", version=tokenmill.__version__, lifespan=lifespan, **hidden)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     if config.allowed_origins:  # closed unless configured: no browser page may call the API
+        # Any request header: browser clients send their own (the openai package's x-stainless-*).
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+                           allow_headers=["*"])  # fmt: skip
     app.add_exception_handler(APIError, lambda request, exc: exc.response())
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
@@ -66,6 +70,9 @@ def build_app(engine_config: EngineConfig, config: ServerConfig, tokenizer: Toke
     app.include_router(_v1_routes(state, tokenizer), dependencies=[key_check])
     secured = () if config.api_key is None else ("/v1/", "/metrics") if config.api_key_on_metrics else ("/v1/",)
     openapi.install(app, BODIES, lambda: _limits(state), secured)
+    if config.api_key is not None:
+        app.add_api_route("/openapi.json", lambda: JSONResponse(app.openapi()), include_in_schema=False,
+                          dependencies=[key_check])  # fmt: skip
     return app
 
 
@@ -128,13 +135,13 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
     tool_format = ToolCallFormat()
     adapters = state.adapters
 
-    @router.get("/models", response_model=openapi.ModelList, responses=errors(401))
+    @router.get("/models", response_model=openapi.ModelList)
     async def models() -> dict:
         cards = [{**card, "max_model_len": state.engine.max_model_len} for card in adapters.cards()]
         return {"object": "list", "data": cards}
 
     adapter_answers = {200: {"description": "done", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                       **errors(400, 401, 404, 413, 415)}  # fmt: skip
+                       **errors(400, 404, 413, 415)}  # fmt: skip
 
     @router.post("/load_lora_adapter", response_class=Response, responses=adapter_answers,
                  openapi_extra=request_body(LoadAdapterRequest))
@@ -150,7 +157,7 @@ def _v1_routes(state: ServerState, tokenizer: Tokenizer) -> APIRouter:
         adapters.unload(body.lora_name)
         return Response(f"adapter {body.lora_name!r} unloaded", media_type="text/plain")
 
-    generation_errors = errors(400, 401, 404, 408, 413, 415, 429, 503)
+    generation_errors = errors(400, 404, 408, 413, 415, 429, 503)
 
     @router.post("/completions", response_class=Response, responses={**generated(openapi.Completion),
                  **generation_errors}, openapi_extra=request_body(CompletionRequest))  # fmt: skip

@@ -92,10 +92,10 @@ class ServerMetrics:
         for rank in ranks:
             seen = self._seen_ranks.get(rank.rank, RankStats(rank.rank, rank.pipeline_stage, 0))
             labels = (self.model_name, str(rank.rank), str(rank.pipeline_stage))
-            self.rank_steps.labels(*labels).inc(rank.steps - seen.steps)
-            self.rank_collective_seconds.labels(*labels).inc(rank.collective_seconds - seen.collective_seconds)
-            self.rank_collective_bytes.labels(*labels).inc(rank.collective_bytes - seen.collective_bytes)
-            self.rank_activation_bytes.labels(*labels).inc(rank.activation_bytes - seen.activation_bytes)
+            self.rank_steps.labels(*labels).inc(_gained(rank.steps, seen.steps))
+            self.rank_collective_seconds.labels(*labels).inc(_gained(rank.collective_seconds, seen.collective_seconds))
+            self.rank_collective_bytes.labels(*labels).inc(_gained(rank.collective_bytes, seen.collective_bytes))
+            self.rank_activation_bytes.labels(*labels).inc(_gained(rank.activation_bytes, seen.activation_bytes))
             self.rank_peak_memory.labels(*labels).set(rank.peak_resident_bytes)
             self._seen_ranks[rank.rank] = rank
 
@@ -108,25 +108,25 @@ class ServerMetrics:
         self.waiting.labels(name).set(stats.num_waiting)
         self.kv_usage.labels(name).set(stats.kv_cache_usage)
         seen = self._seen
-        self.preemptions.labels(name).inc(stats.num_preemptions - seen.num_preemptions)
-        self.prefix_queries.labels(name).inc(stats.prefix_cache_queries - seen.prefix_cache_queries)
-        self.prefix_hits.labels(name).inc(stats.prefix_cache_hits - seen.prefix_cache_hits)
-        self.grammar_compile.labels(name).inc(stats.grammar_compile_seconds - seen.grammar_compile_seconds)
-        self.grammar_mask.labels(name).inc(stats.grammar_mask_seconds - seen.grammar_mask_seconds)
-        self.grammar_steps.labels(name).inc(stats.grammar_masked_steps - seen.grammar_masked_steps)
-        self.lora_loads.labels(name).inc(stats.lora_loads - seen.lora_loads)
-        self.lora_swaps.labels(name).inc(stats.lora_swaps - seen.lora_swaps)
+        self.preemptions.labels(name).inc(_gained(stats.num_preemptions, seen.num_preemptions))
+        self.prefix_queries.labels(name).inc(_gained(stats.prefix_cache_queries, seen.prefix_cache_queries))
+        self.prefix_hits.labels(name).inc(_gained(stats.prefix_cache_hits, seen.prefix_cache_hits))
+        self.grammar_compile.labels(name).inc(_gained(stats.grammar_compile_seconds, seen.grammar_compile_seconds))
+        self.grammar_mask.labels(name).inc(_gained(stats.grammar_mask_seconds, seen.grammar_mask_seconds))
+        self.grammar_steps.labels(name).inc(_gained(stats.grammar_masked_steps, seen.grammar_masked_steps))
+        self.lora_loads.labels(name).inc(_gained(stats.lora_loads, seen.lora_loads))
+        self.lora_swaps.labels(name).inc(_gained(stats.lora_swaps, seen.lora_swaps))
         self._observe_ranks(stats.ranks)
-        self.kv_transfers.labels(name, "pulled").inc(stats.kv_transfers_pulled - seen.kv_transfers_pulled)
-        self.kv_transfers.labels(name, "fallback").inc(stats.kv_transfer_fallbacks - seen.kv_transfer_fallbacks)
+        self.kv_transfers.labels(name, "pulled").inc(_gained(stats.kv_transfers_pulled, seen.kv_transfers_pulled))
+        self.kv_transfers.labels(name, "fallback").inc(_gained(stats.kv_transfer_fallbacks, seen.kv_transfer_fallbacks))
         if stats.running_adapters or stats.waiting_adapters or seen.running_adapters or seen.waiting_adapters:
             self.lora_info.clear()
             self.lora_info.labels(str(self.max_loras), ",".join(stats.running_adapters),
                                   ",".join(stats.waiting_adapters)).set(time.time())
         if stats.speculative_method is not None:  # acceptance rate: accepted / draft tokens
             method = stats.speculative_method
-            self.spec_drafts.labels(name, method).inc(stats.spec_draft_tokens - seen.spec_draft_tokens)
-            self.spec_accepted.labels(name, method).inc(stats.spec_accepted_tokens - seen.spec_accepted_tokens)
+            self.spec_drafts.labels(name, method).inc(_gained(stats.spec_draft_tokens, seen.spec_draft_tokens))
+            self.spec_accepted.labels(name, method).inc(_gained(stats.spec_accepted_tokens, seen.spec_accepted_tokens))
         self._seen = stats
 
     def observe_tokens(self, num_tokens: int, since_last_s: float | None) -> None:
@@ -154,3 +154,9 @@ class ServerMetrics:
 
     def observe_rejected(self, reason: str) -> None:
         self.rejected.labels(self.model_name, reason).inc()
+
+
+def _gained(total: float, seen: float) -> float:
+    """What a core's running total gained since it was last seen: all of it when it is smaller, as
+    after the core was restarted (its totals start again from zero)."""
+    return total if total < seen else total - seen

@@ -156,12 +156,18 @@ _ERRORS = {
     415: "the body is not sent as application/json",
     429: "the server's queue is full; retry after the Retry-After header's seconds",
     503: NOT_RUNNING,
+    500: "an unforeseen failure, or the engine failed this request; the server's log has the details",
 }
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """A route's error answers, each with OpenAI's error body."""
+    """A route's error answers, each with OpenAI's error body (install adds the 500 and the 401
+    that every route, or every secured one, may give)."""
     return {status: {"model": ErrorBody, "description": _ERRORS[status]} for status in statuses}
+
+
+def _error_answer(status: int) -> dict[str, Any]:
+    return {"description": _ERRORS[status], "content": {"application/json": {"schema": {"$ref": _SCHEMAS + "ErrorBody"}}}}
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -172,7 +178,11 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 
 def generated(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """The 200 of a generation route: the whole answer as JSON, or server-sent events when streamed."""
-    events = {"schema": {"type": "string"}, "example": 'data: {"choices": [...]}\n\ndata: [DONE]\n\n'}
+    # Before OpenAPI 3.2, an event stream's schema describes each event: its data is a chunk as
+    # JSON, an error body, or [DONE] to end the stream.
+    event = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+             "required": ["data"]}  # fmt: skip
+    events = {"schema": event, "example": 'data: {"choices": [...]}\n\ndata: [DONE]\n\n'}
     return {200: {"model": model, "description": "the answer; with stream: true, its chunks as server-sent events",
                   "content": {"text/event-stream": events}}}  # fmt: skip
 
@@ -187,7 +197,7 @@ def install(app: FastAPI, body_models: list[type[BaseModel]], limits: Callable[[
         document = get_openapi(title=app.title, version=app.version, routes=app.routes,
                                description=app.description)  # fmt: skip
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        for model in body_models:
+        for model in [*body_models, ErrorBody]:  # the error body: every route's 500 names it
             schema = model.model_json_schema(ref_template=_SCHEMAS + "{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
@@ -196,9 +206,12 @@ def install(app: FastAPI, body_models: list[type[BaseModel]], limits: Callable[[
                 _nullable_branch(schemas[name]["properties"][field]).update(bounds)
         if secured_prefixes:
             document["components"]["securitySchemes"] = {"api_key": {"type": "http", "scheme": "bearer"}}
-            for path, operations in document["paths"].items():
-                for operation in operations.values() if path.startswith(secured_prefixes) else ():
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                operation["responses"].setdefault("500", _error_answer(500))
+                if secured_prefixes and path.startswith(secured_prefixes):
                     operation["security"] = [{"api_key": []}]
+                    operation["responses"].setdefault("401", _error_answer(401))
         return document  # built on each call: the models served change as adapters load
 
     app.openapi = openapi  # type: ignore[method-assign]

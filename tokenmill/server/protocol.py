@@ -8,6 +8,7 @@ Every problem becomes a 400 naming the offending field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -37,7 +38,7 @@ Positive = Annotated[int, Field(ge=1)]
 LogprobCount = Annotated[int, Field(ge=0, le=MAX_LOGPROBS)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
-TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
 Bias = Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]
 
 
@@ -68,7 +69,7 @@ class _SamplingRequest(StructuredFields):
     repetition_penalty: Annotated[float, Field(gt=0.0)] = 1.0
     min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[int] | None = None  # ids outside the vocabulary can never be sampled: ignored
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
@@ -251,16 +252,31 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
     if nests_deeper_than(raw):
         raise too_deep
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+        data = json.loads(text, parse_float=_json_number, parse_constant=_not_json)
     except RecursionError as exc:  # unclosed brackets, which the count above leaves to the parser
         raise too_deep from exc
+    except ValueError as exc:  # malformed; NaN or Infinity; an integer of over 4,300 digits
+        raise bad_request(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")
     try:  # strict: JSON's own types, as the schema states them (no "5" for 5, no true for 1)
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # Of a union's errors, the branch the value had the type of says what is wrong with it.
+        first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
         where = ".".join(str(part) for part in first["loc"])
         raise bad_request(f"{where}: {first['msg']}", str(first["loc"][0]) if first["loc"] else None) from exc
+
+
+def _json_number(literal: str) -> float | int:
+    """A JSON number with a fraction or an exponent: an integer where it is one (2.0 is JSON
+    Schema's integer 2, as some clients send counts), refused where it is not finite (1e400)."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal} is out of range")
+    return int(value) if value.is_integer() else value
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value")
