@@ -14,7 +14,7 @@ def shared_prefix_prompts(n: int) -> list[str]:
 
 def test_outputs_are_token_identical_with_the_cache_on_and_off(make_llm):
     on, off = make_llm(max_num_batched_tokens=128), make_llm(max_num_batched_tokens=128, enable_prefix_caching=False)
-    prompts = shared_prefix_prompts(12)
+    prompts = shared_prefix_prompts(6)
     sampled = SamplingParams(max_tokens=16, temperature=0.8, seed=5, n=3)
     for params in (GREEDY, sampled):
         with_cache = on.generate(prompts, params, use_tqdm=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tokenmill.kernels.fused_ops import FusedOps
-from tokenmill.model.layers import FEW_ROWS, Linear, RMSNorm, RotaryEmbedding, SiluAndMul
+from tokenmill.model.layers import Linear, RMSNorm, RotaryEmbedding, SiluAndMul
 
 OPS = FusedOps.load()
 pytestmark = pytest.mark.skipif(OPS is None, reason="no C compiler for the fused kernels")

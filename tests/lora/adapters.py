@@ -1,12 +1,22 @@
 """LoRA adapters made with peft on the default model, for the tests: random A and B, saved in
 PEFT's format, and the peft model kept as the reference."""
 
+import copy
+import functools
+
 import torch
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def hf_base(gguf_path):
+    """A fresh transformers model of the GGUF, to wrap: peft changes the model it is given in place."""
+    return copy.deepcopy(_read_base(gguf_path))
+
+
+@functools.cache
+def _read_base(gguf_path):
+    """The GGUF read once per session: transformers dequantizes it in Python, for seconds each time."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
