@@ -74,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         max_n=args.max_n, drain_timeout_s=args.drain_timeout, lora_modules=_lora_modules(args),
-        max_engine_restarts=args.max_engine_restarts, allowed_origins=tuple(args.allowed_origins), api_key_on_metrics=args.api_key_on_metrics,
+        max_engine_restarts=args.max_engine_restarts, allowed_origins=tuple(args.allowed_origins),
+        api_key_on_metrics=args.api_key_on_metrics,
     ))  # fmt: skip
     return 0
 

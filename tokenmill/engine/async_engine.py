@@ -57,7 +57,6 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._stopping = False
         self._dead = False  # the pipe ended: the core is gone, even before the process is reaped
-        self.restarts = 0
         self._restarting: asyncio.Future | None = None
         self.stats = EngineStats(0, 0, 0.0, 0)
         self.max_model_len = 0
@@ -106,7 +105,6 @@ class AsyncEngine:
                 logger.exception("the new engine core failed to start")
                 delay = max(1.0, 2 * delay)
                 continue
-            self.restarts += 1
             logger.warning("the engine core is serving again")
             return
 

@@ -120,9 +120,10 @@ class LLMEngine:
                                                     f"(0..{self.arch.vocab_size - 1})")
         if lora_request is not None:
             self._check_adapter(lora_request)
-        if any(not 0 <= t < self.arch.vocab_size for t in params.stop_token_ids or ()):
-            # never sampled, so they can never stop it; dropped here, the sampler masks only real ids
-            kept = [t for t in params.stop_token_ids if 0 <= t < self.arch.vocab_size]
+        # Stop ids outside the vocabulary are never sampled, so they can never stop it: dropped, so
+        # that the sampler masks only real ids.
+        kept = [t for t in params.stop_token_ids or () if 0 <= t < self.arch.vocab_size]
+        if params.stop_token_ids and len(kept) < len(params.stop_token_ids):
             params = dataclasses.replace(params, stop_token_ids=kept)
         seqs = self._make_sequences(request_id, token_ids, params, priority, cache_salt, returns_prompt_rows,
                                     lora_request)

@@ -49,7 +49,8 @@ def api_key_check(api_key: str | None) -> Callable[[Request], None]:
 
 def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method) in the OpenAI shape too."""
-    return APIError(exc.status_code, str(exc.detail), "invalid_request_error", headers=exc.headers).response()  # Allow, for a 405
+    # Its headers too: a 405 must say which methods the route has (Allow).
+    return APIError(exc.status_code, str(exc.detail), "invalid_request_error", headers=exc.headers).response()
 
 
 def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -93,7 +93,8 @@ class ServerMetrics:
             seen = self._seen_ranks.get(rank.rank, RankStats(rank.rank, rank.pipeline_stage, 0))
             labels = (self.model_name, str(rank.rank), str(rank.pipeline_stage))
             self.rank_steps.labels(*labels).inc(_gained(rank.steps, seen.steps))
-            self.rank_collective_seconds.labels(*labels).inc(_gained(rank.collective_seconds, seen.collective_seconds))
+            self.rank_collective_seconds.labels(*labels).inc(
+                _gained(rank.collective_seconds, seen.collective_seconds))
             self.rank_collective_bytes.labels(*labels).inc(_gained(rank.collective_bytes, seen.collective_bytes))
             self.rank_activation_bytes.labels(*labels).inc(_gained(rank.activation_bytes, seen.activation_bytes))
             self.rank_peak_memory.labels(*labels).set(rank.peak_resident_bytes)
@@ -118,7 +119,8 @@ class ServerMetrics:
         self.lora_swaps.labels(name).inc(_gained(stats.lora_swaps, seen.lora_swaps))
         self._observe_ranks(stats.ranks)
         self.kv_transfers.labels(name, "pulled").inc(_gained(stats.kv_transfers_pulled, seen.kv_transfers_pulled))
-        self.kv_transfers.labels(name, "fallback").inc(_gained(stats.kv_transfer_fallbacks, seen.kv_transfer_fallbacks))
+        self.kv_transfers.labels(name, "fallback").inc(
+            _gained(stats.kv_transfer_fallbacks, seen.kv_transfer_fallbacks))
         if stats.running_adapters or stats.waiting_adapters or seen.running_adapters or seen.waiting_adapters:
             self.lora_info.clear()
             self.lora_info.labels(str(self.max_loras), ",".join(stats.running_adapters),
@@ -126,7 +128,8 @@ class ServerMetrics:
         if stats.speculative_method is not None:  # acceptance rate: accepted / draft tokens
             method = stats.speculative_method
             self.spec_drafts.labels(name, method).inc(_gained(stats.spec_draft_tokens, seen.spec_draft_tokens))
-            self.spec_accepted.labels(name, method).inc(_gained(stats.spec_accepted_tokens, seen.spec_accepted_tokens))
+            self.spec_accepted.labels(name, method).inc(
+                _gained(stats.spec_accepted_tokens, seen.spec_accepted_tokens))
         self._seen = stats
 
     def observe_tokens(self, num_tokens: int, since_last_s: float | None) -> None:

@@ -179,8 +179,6 @@ class CompletionRequest(_SamplingRequest):
             prompt = prompt[0]
         if not prompt:
             raise bad_request("prompt is empty", "prompt")
-        if isinstance(prompt, list) and min(prompt) < 0:
-            raise bad_request(f"token id {min(prompt)} is negative", "prompt")
         return prompt
 
     def sampling_params(self, limits: RequestLimits) -> SamplingParams:
